@@ -1,0 +1,53 @@
+# The README's two commands (`make table2`, `make test`) work on a fresh machine with only Python 3.11:
+# each bootstraps .venv first. The venv is reinstalled only when pyproject.toml changes (content hash).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+STAMP := $(VENV)/.pyproject.sha256
+RUN := PATH="$(BIN):$$PATH"
+CORES ?= all
+
+.PHONY: help venv table2 all test test-fast lint format schema report clean-results
+
+help:
+	@echo "make table2     build .venv if needed, then snakemake --cores $(CORES) results/table2.csv"
+	@echo "make all        every table and figure of the profile (results/all)"
+	@echo "make test       build .venv if needed, then the whole test suite (incl. end-to-end smoke)"
+	@echo "make test-fast  tests not marked slow"
+	@echo "make lint       ruff check + format check"
+	@echo "make report     snakemake --report report.html"
+
+venv:
+	@want=$$(sha256sum pyproject.toml | cut -d' ' -f1); \
+	if [ -x "$(BIN)/python" ] && [ -f "$(STAMP)" ] && [ "$$(cat $(STAMP))" = "$$want" ]; then \
+		echo "venv: .venv is up to date"; \
+	else \
+		[ -x "$(BIN)/python" ] || $(PYTHON) -m venv $(VENV); \
+		$(BIN)/python -m pip install --quiet --upgrade pip && \
+		$(BIN)/python -m pip install --quiet -e '.[dev]' && \
+		echo "$$want" > $(STAMP) && echo "venv: installed into .venv"; \
+	fi
+
+table2: venv
+	$(RUN) snakemake --cores $(CORES) results/table2.csv
+
+all: venv
+	$(RUN) snakemake --cores $(CORES) results/all
+
+test: venv
+	$(RUN) python -m pytest
+
+test-fast: venv
+	$(RUN) python -m pytest -m "not slow"
+
+lint: venv
+	$(RUN) ruff check . && $(RUN) ruff format --check .
+
+format: venv
+	$(RUN) ruff check --fix . && $(RUN) ruff format .
+
+schema: venv
+	$(RUN) densepred schema
+
+report: venv
+	$(RUN) snakemake --cores $(CORES) --report report.html results/all

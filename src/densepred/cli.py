@@ -1,0 +1,193 @@
+"""`densepred <command>`: every pipeline stage is one command with explicit inputs and outputs.
+
+    densepred synth    --params P --out DIR
+    densepred prepare  --params P --dataset {nyud,taskonomy} --src DIR --out DIR
+    densepred train    --params P --job NAME --stage {pretrain,finetune} [--init CKPT] --out DIR
+    densepred evaluate --params P --job NAME --ckpt CKPT --out FILE.json
+    densepred tune     --params P --sweep NAME --out DIR
+    densepred tables   --params P --out DIR
+    densepred schema   [--out FILE]
+
+Every command takes `--set KEY=VALUE` (repeatable) to override one params value. A user mistake
+(bad params, missing or corrupt input) prints one clear message and exits with status 2;
+`DENSEPRED_DEBUG=1` shows the full traceback as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from densepred import __version__
+from densepred.config import Params, load_params
+
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, KeyError)
+
+
+def _params(args: argparse.Namespace) -> Params:
+    return load_params(args.params, args.set)
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    params = _params(args)
+    from densepred.data.synthetic import synthesize_nyud, synthesize_taskonomy
+    from densepred.io import atomic_dir
+
+    if params.synth is None:
+        raise ValueError(f"{args.params}: profile {params.profile!r} has no `synth:` section (real data)")
+    cfg = params.synth
+    with atomic_dir(Path(args.out)) as tmp:
+        synthesize_nyud(tmp / "nyud", seed=cfg.seed, **cfg.nyud.model_dump())
+        synthesize_taskonomy(tmp / "taskonomy", seed=cfg.seed + 1, **cfg.taskonomy.model_dump())
+    print(f"wrote {args.out}/nyud and {args.out}/taskonomy")
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    params = _params(args)
+    from densepred.data.prepare import prepare_dataset
+
+    if args.dataset not in params.datasets:
+        raise ValueError(f"{args.params}: no `datasets.{args.dataset}` section")
+    cfg = params.datasets[args.dataset]
+    options = {}
+    if args.dataset == "taskonomy":
+        options = {"split_csv": cfg.split_csv, "buildings": cfg.buildings}
+    summary = prepare_dataset(
+        args.dataset,
+        Path(args.src),
+        Path(args.out),
+        max_bad_fraction=cfg.max_bad_fraction,
+        shard_size=cfg.shard_size,
+        **options,
+    )
+    print(f"prepared {args.dataset} into {args.out}: {summary}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    params = _params(args)
+    params.job(args.job)
+    from densepred.engine.train import train_job
+
+    init = Path(args.init) if args.init else None
+    train_job(params, args.job, args.stage, Path(args.out), init=init)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    params = _params(args)
+    params.job(args.job)
+    from densepred.engine.evaluate import evaluate_job
+
+    evaluate_job(params, args.job, Path(args.ckpt), Path(args.out), dataset=args.dataset)
+
+
+def cmd_tune(args: argparse.Namespace) -> None:
+    from densepred.tune import run_sweep
+
+    run_sweep(_params(args), args.sweep, Path(args.out), params_path=Path(args.params), overrides=args.set)
+
+
+def cmd_tables(args: argparse.Namespace) -> None:
+    from densepred.tables import write_tables
+
+    write_tables(_params(args), Path(args.out), runs=Path(args.runs) if args.runs else None)
+
+
+def cmd_schema(args: argparse.Namespace) -> None:
+    from densepred.config import SCHEMA_PATH, write_json_schema
+
+    path = write_json_schema(Path(args.out) if args.out else SCHEMA_PATH)
+    print(f"wrote {path}")
+
+
+def _add_common(p: argparse.ArgumentParser, params: bool = True) -> None:
+    if params:
+        p.add_argument("--params", required=True, metavar="P", help="params profile (e.g. params/smoke.yaml)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one params value by dotted key, e.g. --set jobs.polymax_depth.model.num_clusters=32",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `densepred` and its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="densepred",
+        description="Dense prediction experiment suite: PolyMaX, MQTransformer and DeepLabv3+ on "
+        "NYUD-v2 and Taskonomy. Each command is one pipeline stage.",
+    )
+    parser.add_argument("--version", action="version", version=f"densepred {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], None], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("synth", cmd_synth, "Generate synthetic NYUD-v2 and Taskonomy in their real on-disk formats.")
+    _add_common(p)
+    p.add_argument("--out", required=True, help="output folder (gets nyud/ and taskonomy/)")
+
+    p = add("prepare", cmd_prepare, "Validate a raw dataset and convert it to prepared shards.")
+    _add_common(p)
+    p.add_argument("--dataset", required=True, choices=["nyud", "taskonomy"])
+    p.add_argument("--src", required=True, help="raw dataset root")
+    p.add_argument("--out", required=True, help="prepared dataset folder (written atomically)")
+
+    p = add("train", cmd_train, "Train one job's stage (Taskonomy pretraining or NYUD-v2 finetuning).")
+    _add_common(p)
+    p.add_argument("--job", required=True, help="job name under `jobs:` in the params file")
+    p.add_argument("--stage", required=True, choices=["pretrain", "finetune"])
+    p.add_argument("--init", help="checkpoint to initialise from (finetuning from pretraining)")
+    p.add_argument("--out", required=True, help="run folder: checkpoints, resolved config, logs")
+
+    p = add("evaluate", cmd_evaluate, "Evaluate a checkpoint; writes metrics JSON and prediction figures.")
+    _add_common(p)
+    p.add_argument("--job", required=True)
+    p.add_argument("--ckpt", required=True, help="checkpoint file")
+    p.add_argument("--out", required=True, help="metrics JSON file; figures go beside it")
+    p.add_argument(
+        "--dataset", choices=["nyud", "taskonomy"], help="dataset to evaluate on (default: the job's)"
+    )
+
+    p = add("tune", cmd_tune, "Run a Ray Tune ablation sweep declared under `sweeps:`.")
+    _add_common(p)
+    p.add_argument("--sweep", required=True)
+    p.add_argument("--out", required=True, help="sweep folder (Ray storage, summary CSV)")
+
+    p = add("tables", cmd_tables, "Build results tables and figures from evaluation outputs.")
+    _add_common(p)
+    p.add_argument("--out", required=True, help="results folder (table2.csv, table3.csv, ...)")
+    p.add_argument("--runs", help="runs folder to read (default: paths.runs of the profile)")
+
+    p = add("schema", cmd_schema, "Export the params JSON schema (for Snakemake's validate).")
+    _add_common(p, params=False)
+    p.add_argument("--out", help="schema file (default workflow/schemas/params.schema.json)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `densepred` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except USER_ERRORS as exc:
+        if os.environ.get("DENSEPRED_DEBUG"):
+            traceback.print_exc()
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"densepred {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"densepred {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,460 @@
+"""Typed params: profiles (params/*.yaml), dotted overrides, and the JSON schema.
+
+A params file is one profile (`params/smoke.yaml`, `params/paper.yaml`): global settings, the datasets,
+and named *jobs* (one experiment each: model, tasks, per-stage settings). Every model is strict:
+unknown keys, wrong types and missing required values raise `ParamsError`, whose message names the
+file and the dotted key path.
+
+Relative paths in a params file are relative to the working directory the command runs in (the
+project root for Snakemake and DVC).
+
+Overrides: `--set jobs.polymax_depth.model.num_clusters=32` (repeatable) replaces one value; the value
+is parsed as YAML (`32` -> int, `[1, 2]` -> list, `null` -> None). The overridden tree is validated
+as a whole, so a typo'd override is reported like a typo in the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from densepred.tasks import TASKS
+
+Task = Literal["semseg", "depth", "normals", "edge"]
+DatasetName = Literal["nyud", "taskonomy"]
+EXTENSION_PREFIX = "x-"
+SCHEMA_PATH = Path("workflow/schemas/params.schema.json")
+
+
+class ParamsError(ValueError):
+    """A params file or override is invalid; the message names the file and the key path."""
+
+
+class Strict(BaseModel):
+    """Base for every params model: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+class SynthNYUD(Strict):
+    """Synthetic NYUD-v2: how many images, their size, and which on-disk layout to write."""
+
+    num_images: int = Field(120, gt=1)
+    num_test: int | None = Field(None, gt=0, description="test images; default: about 45% as in 654/1449")
+    height: int = Field(120, ge=32)
+    width: int = Field(160, ge=32)
+    layout: Literal["official", "multitask", "mti"] = "official"
+
+
+class SynthTaskonomy(Strict):
+    """Synthetic Taskonomy in the omnitools layout."""
+
+    buildings: int = Field(4, ge=3, description="at least 3 so that train/val/test each get a building")
+    views_per_building: int = Field(100, ge=1)
+    size: int = Field(128, ge=32)
+
+
+class SynthCfg(Strict):
+    """`densepred synth`: generate raw datasets in the real formats (synthetic profiles only)."""
+
+    seed: int = 0
+    nyud: SynthNYUD = SynthNYUD()
+    taskonomy: SynthTaskonomy = SynthTaskonomy()
+
+
+class DatasetCfg(Strict):
+    """Where a dataset's raw files are and where its prepared shards go."""
+
+    raw: Path
+    prepared: Path
+    split_csv: Path | None = Field(None, description="Taskonomy split CSV; default: found under raw/")
+    buildings: list[str] | None = Field(None, description="Taskonomy: restrict to these buildings")
+    max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
+    shard_size: int = Field(64, gt=0, description="samples per shard")
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+class ModelBase(Strict):
+    """Settings every model shares: the timm backbone and where its pretrained weights are."""
+
+    backbone: str
+    pretrained_file: Path | None = Field(None, description="local timm weights; never fetched")
+    img_size: tuple[int, int] | None = Field(None, description="input size for windowed backbones")
+    width_mult: float = Field(1.0, gt=0.0, description="scales decoder widths (smoke profiles)")
+
+    def create_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `create_model(self.name, ...)`; unset optionals are left out."""
+        kwargs = self.model_dump(exclude={"name"}, exclude_none=True)
+        if "pretrained_file" in kwargs:
+            kwargs["pretrained_file"] = str(kwargs["pretrained_file"])
+        return kwargs
+
+
+class PolyMaXCfg(ModelBase):
+    """PolyMaX (cluster prediction on kMaX-DeepLab). One task per model, as in the paper."""
+
+    name: Literal["polymax"]
+    num_clusters: int | None = Field(None, gt=0, description="K; semseg forces K = C; default 16")
+    decoder_layers: tuple[int, ...] = Field((2, 2, 2), min_length=1, max_length=3)
+    pixel_decoder_depths: tuple[int, ...] | None = None
+    drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class MQTransformerCfg(ModelBase):
+    """MQTransformer (multi-query transformer for multi-task dense prediction)."""
+
+    name: Literal["mqtransformer"]
+    num_queries: int = Field(64, gt=0)
+    embed_dim: int | None = Field(None, gt=0)
+    encoder_depth: int = Field(1, ge=1)
+    decoder_depth: int = Field(1, ge=1)
+    num_scales: int = Field(2, ge=1, le=4)
+    shared: bool = True
+    query_learning: bool = True
+    cross_task_attention: bool = True
+    fusion: Literal["add", "concat"] = "add"
+
+
+class DeepLabCfg(ModelBase):
+    """DeepLabv3+ with per-pixel heads (the PolyMaX paper's baseline)."""
+
+    name: Literal["deeplabv3plus"]
+    aspp_channels: int = Field(256, gt=0)
+    decoder_channels: int = Field(256, gt=0)
+
+
+class BaselineCfg(ModelBase):
+    """Single-task (one task) and multi-task (shared backbone, a head per task) baselines."""
+
+    name: Literal["stl_baseline", "mtl_baseline"]
+
+
+ModelCfg = Annotated[PolyMaXCfg | MQTransformerCfg | DeepLabCfg | BaselineCfg, Field(discriminator="name")]
+
+
+# ---------------------------------------------------------------------------------------------- stages
+
+
+class OptimizerCfg(Strict):
+    """PolyMaX: AdamW, wd on weights only, backbone lr x0.1. MQTransformer: SGD momentum 0.9."""
+
+    name: Literal["adamw", "sgd"]
+    lr: float = Field(gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    backbone_lr_mult: float = Field(1.0, gt=0.0)
+    decay_norm_and_bias: bool = Field(False, description="False: weight decay on weights only")
+
+
+class ScheduleCfg(Strict):
+    """Learning-rate schedule: linear warmup then poly decay (power 0.9) to zero."""
+
+    name: Literal["poly", "constant"] = "poly"
+    power: float = Field(0.9, gt=0.0)
+    warmup_iters: int = Field(0, ge=0)
+    warmup_factor: float = Field(0.001, gt=0.0, le=1.0)
+
+
+class StageCfg(Strict):
+    """One training stage (pretrain on Taskonomy, finetune on NYUD-v2)."""
+
+    dataset: DatasetName
+    split: str = "train"
+    fraction: float = Field(1.0, gt=0.0, le=1.0, description="share of the training data used")
+    iterations: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    crop: tuple[int, int]
+    scale: tuple[float, float] = (0.5, 2.0)
+    flip: bool = True
+    jitter: bool = True
+    optimizer: OptimizerCfg
+    schedule: ScheduleCfg = ScheduleCfg()
+    loss_weights: dict[str, float] = Field(default_factory=dict, description="criterion term weights")
+    loss_options: dict[str, Any] = Field(default_factory=dict, description="criterion options")
+    grad_clip: float | None = Field(None, gt=0.0)
+    checkpoint_every: int = Field(100, gt=0)
+    log_every: int = Field(10, gt=0)
+
+
+class EvalCfg(Strict):
+    """Evaluation on a dataset's test split, under both depth protocols."""
+
+    dataset: DatasetName = "nyud"
+    split: str = "test"
+    batch_size: int = Field(4, gt=0)
+    boundary_thresholds: int | list[float] = Field(101, description="count (evenly spaced) or list")
+    eigen_crop: bool = Field(False, description="Eigen crop; only applies to 480x640 inputs")
+    num_qualitative: int = Field(4, ge=0, description="prediction PNGs written")
+
+
+class JobCfg(Strict):
+    """A named experiment: one model, its tasks, and the settings of each stage."""
+
+    description: str = ""
+    model: ModelCfg
+    tasks: list[Task] = Field(min_length=1)
+    pretrain: StageCfg | None = Field(None, description="Taskonomy pretraining; null = backbone init only")
+    finetune: StageCfg | None = Field(None, description="NYUD-v2 finetuning; null = pretrain-only job")
+    evaluate: EvalCfg = EvalCfg()
+    delta_m_refs: dict[Task, str] = Field(
+        default_factory=dict, description="task -> single-task job whose metrics are the delta_m reference"
+    )
+    tables: list[str] = Field(default_factory=lambda: ["table2"], description="tables this job feeds")
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_tasks(cls, tasks: list[str]) -> list[str]:
+        if len(set(tasks)) != len(tasks):
+            raise ValueError(f"tasks repeat: {tasks}")
+        return tasks
+
+    @model_validator(mode="after")
+    def _model_fits_tasks(self) -> JobCfg:
+        if self.pretrain is None and self.finetune is None:
+            raise ValueError("a job needs a pretrain or a finetune stage (or both)")
+        if self.model.name in ("polymax", "stl_baseline") and len(self.tasks) != 1:
+            raise ValueError(f"{self.model.name} trains one task per model; got tasks {self.tasks}")
+        if self.model.name == "polymax" and self.tasks[0] not in ("semseg", "depth", "normals"):
+            raise ValueError(f"polymax has no {self.tasks[0]!r} head; use semseg, depth or normals")
+        return self
+
+
+# ------------------------------------------------------------------------------------- sweeps, runtime
+
+
+class TrialResources(Strict):
+    """Resources one Ray Tune trial asks for (fractional GPUs allowed)."""
+
+    cpu: float = Field(1.0, gt=0.0)
+    gpu: float = Field(0.0, ge=0.0)
+
+
+class SweepCfg(Strict):
+    """A Ray Tune ablation: variants of one job, each a set of dotted overrides of that job."""
+
+    job: str
+    table: str
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted key -> values")
+    variants: dict[str, dict[str, Any]] = Field(default_factory=dict, description="name -> overrides")
+    resources: TrialResources = TrialResources()
+    max_failures: int = Field(1, ge=0, description="retries of a failing trial")
+    max_concurrent: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _has_settings(self) -> SweepCfg:
+        if not self.grid and not self.variants:
+            raise ValueError("a sweep needs a grid or variants")
+        return self
+
+
+class Figure7Cfg(Strict):
+    """Paper Fig. 7: NYUD-v2 results after pretraining on fractions of Taskonomy."""
+
+    jobs: list[str] = Field(min_length=1)
+    fractions: list[float] = Field(min_length=1)
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions_in_range(cls, fractions: list[float]) -> list[float]:
+        bad = [f for f in fractions if not 0.0 <= f <= 1.0]
+        if bad:
+            raise ValueError(f"fractions must lie in [0, 1]; got {bad}")
+        return fractions
+
+
+class RuntimeCfg(Strict):
+    """How jobs run: device, precision, memory format, compile, data loading."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["none", "bf16"] = Field("bf16", description="bf16 autocast; applied on GPU only")
+    channels_last: bool = True
+    compile: bool = False
+    num_workers: int = Field(0, ge=0)
+    deterministic: bool = True
+
+
+class TrackingCfg(Strict):
+    """MLflow: MLFLOW_TRACKING_URI wins, then `uri`, then sqlite:///<project root>/mlflow.db."""
+
+    uri: str | None = None
+    experiment: str = "densepred"
+
+
+class PathsCfg(Strict):
+    """Where stage outputs go."""
+
+    runs: Path = Path("runs")
+    results: Path = Path("results")
+
+
+class Params(Strict):
+    """A whole profile."""
+
+    profile: str
+    seed: int = 0
+    paths: PathsCfg = PathsCfg()
+    tracking: TrackingCfg = TrackingCfg()
+    runtime: RuntimeCfg = RuntimeCfg()
+    synth: SynthCfg | None = Field(None, description="present only in synthetic profiles")
+    datasets: dict[DatasetName, DatasetCfg]
+    jobs: dict[str, JobCfg] = Field(min_length=1)
+    figure7: Figure7Cfg | None = None
+    sweeps: dict[str, SweepCfg] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _references_exist(self) -> Params:
+        for name, job in self.jobs.items():
+            for stage in (job.pretrain, job.finetune):
+                if stage is not None and stage.dataset not in self.datasets:
+                    raise ValueError(f"jobs.{name}: dataset {stage.dataset!r} is not under datasets")
+            for task, ref in job.delta_m_refs.items():
+                if ref not in self.jobs:
+                    raise ValueError(f"jobs.{name}.delta_m_refs.{task}: no job named {ref!r}")
+        for name, sweep in self.sweeps.items():
+            if sweep.job not in self.jobs:
+                raise ValueError(f"sweeps.{name}.job: no job named {sweep.job!r}")
+        if self.figure7 is not None:
+            for job in self.figure7.jobs:
+                if job not in self.jobs:
+                    raise ValueError(f"figure7.jobs: no job named {job!r}")
+        return self
+
+    def job(self, name: str) -> JobCfg:
+        """The job `name`, with an error listing the known jobs."""
+        if name not in self.jobs:
+            raise ParamsError(f"no job named {name!r} in profile {self.profile!r}; jobs: {sorted(self.jobs)}")
+        return self.jobs[name]
+
+
+# -------------------------------------------------------------------------------------------- loading
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `a.b.c=value` into (['a','b','c'], parsed value)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ParamsError(f"--set {text!r}: expected KEY=VALUE with a dotted KEY, e.g. model.k=16")
+    parts = key.strip().split(".")
+    if any(not p for p in parts):
+        raise ParamsError(f"--set {text!r}: empty component in key {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"--set {text!r}: value is not valid YAML: {exc}") from None
+    return parts, value
+
+
+def apply_override(tree: dict[str, Any], parts: list[str], value: Any, source: str = "--set") -> None:
+    """Set `tree[parts[0]][parts[1]]... = value`, creating intermediate mappings."""
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            raise ParamsError(f"{source}: {where} is a {type(child).__name__}, not a mapping")
+        node = child
+    node[parts[-1]] = value
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid params in {source}:"]
+    for err in exc.errors():
+        loc = _clean_loc(err["loc"])
+        what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        shown = "" if err["type"] in ("extra_forbidden", "missing") else f" (got {err.get('input')!r})"
+        lines.append(f"  {loc or '<top level>'}: {what}{shown}")
+    return "\n".join(lines)
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> str:
+    """Dotted key path; drops the discriminator tag pydantic inserts after `model`."""
+    parts: list[str] = []
+    for i, item in enumerate(loc):
+        if i > 0 and loc[i - 1] == "model" and isinstance(item, str) and item in _MODEL_TAGS:
+            continue
+        parts.append(str(item))
+    return ".".join(parts)
+
+
+_MODEL_TAGS = {"polymax", "mqtransformer", "deeplabv3plus", "stl_baseline", "mtl_baseline"}
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"params file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def validate(tree: dict[str, Any], source: str) -> Params:
+    """Validate a raw params tree; errors name `source` and the key path.
+
+    Top-level keys starting with `x-` hold YAML anchors shared by several jobs and are dropped.
+    """
+    tree = {k: v for k, v in tree.items() if not str(k).startswith(EXTENSION_PREFIX)}
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as exc:
+        raise ParamsError(_format_errors(exc, source)) from None
+
+
+def load_params(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Params:
+    """Load a profile, apply dotted `overrides` (KEY=VALUE), validate."""
+    tree = read_yaml(Path(path))
+    for text in overrides:
+        parts, value = parse_override(text)
+        apply_override(tree, parts, value, source=f"--set {text}")
+    source = str(path) + (f" (with --set {', '.join(overrides)})" if overrides else "")
+    return validate(tree, source)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON schema of a params file (draft 2020-12), for Snakemake's `validate`."""
+    schema = Params.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "densepred params"
+    schema["patternProperties"] = {f"^{EXTENSION_PREFIX}": {}}
+    return schema
+
+
+def write_json_schema(path: Path = SCHEMA_PATH) -> Path:
+    """Write the schema atomically to `path`."""
+    from densepred.io import atomic_write_text
+
+    atomic_write_text(Path(path), json.dumps(json_schema(), indent=2, sort_keys=True) + "\n")
+    return Path(path)
+
+
+def project_root() -> Path:
+    """The project root: DENSEPRED_ROOT, else the nearest parent with pyproject.toml, else the cwd."""
+    env = os.environ.get("DENSEPRED_ROOT")
+    if env:
+        return Path(env).resolve()
+    here = Path.cwd().resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "pyproject.toml").is_file() and (candidate / "params").is_dir():
+            return candidate
+    return here
+
+
+__all__ = ["TASKS", "JobCfg", "Params", "ParamsError", "StageCfg", "load_params", "validate"]

@@ -1,0 +1,76 @@
+"""timm backbones as multi-scale pixel encoders (strides 4, 8, 16, 32).
+
+Channels and strides are read from timm's `feature_info`, never hard-coded. Transformer backbones
+whose features come out channels-last (Swin: (B,H,W,C)) are permuted to (B,C,H,W). Pretrained weights
+load only from a local file (`pretrained_file`), through timm's `pretrained_cfg_overlay`, so nothing
+is fetched from a hub at run time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+STRIDES = (4, 8, 16, 32)
+
+
+class Backbone(nn.Module):
+    """A timm `features_only` model returning the feature maps at strides 4/8/16/32, NCHW.
+
+    Attributes:
+        channels: channels of each returned map, in stride order.
+        strides: the strides of the returned maps (always 4, 8, 16, 32).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        pretrained_file: str | None = None,
+        img_size: tuple[int, int] | None = None,
+        **timm_kwargs,
+    ) -> None:
+        super().__init__()
+        kwargs = dict(timm_kwargs)
+        if pretrained_file is not None:
+            path = Path(pretrained_file)
+            if not path.is_file():
+                raise FileNotFoundError(f"backbone weights file not found: {path}")
+            kwargs["pretrained"] = True
+            kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+        else:
+            kwargs["pretrained"] = False
+        if img_size is not None and _takes_img_size(name):
+            kwargs["img_size"] = tuple(img_size)
+        probe = timm.create_model(name, features_only=True, **kwargs)
+        reductions = probe.feature_info.reduction()
+        indices = [reductions.index(s) for s in STRIDES if s in reductions]
+        if len(indices) != len(STRIDES):
+            raise ValueError(
+                f"backbone {name!r} gives strides {reductions}; PolyMaX/MQTransformer need {STRIDES}"
+            )
+        all_indices = list(range(len(reductions)))
+        out_indices = tuple(all_indices[i] for i in indices)
+        self.body = timm.create_model(name, features_only=True, out_indices=out_indices, **kwargs)
+        self.channels: list[int] = list(self.body.feature_info.channels())
+        self.strides: list[int] = list(self.body.feature_info.reduction())
+        fmt = getattr(self.body, "output_fmt", "NCHW")
+        self.channels_last_output = str(fmt) in ("NHWC", "Format.NHWC")
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = self.body(x)
+        if self.channels_last_output:
+            feats = [f.permute(0, 3, 1, 2) for f in feats]
+        return list(feats)
+
+
+def _takes_img_size(name: str) -> bool:
+    """Swin and other windowed transformers are built for a fixed input size."""
+    return name.startswith(("swin", "vit", "deit", "beit", "eva"))
+
+
+def create_backbone(name: str, pretrained_file: str | None = None, **kwargs) -> Backbone:
+    """Build a multi-scale backbone by timm name (resnet50, convnext_tiny, swin_tiny_patch4_window7_224)."""
+    return Backbone(name, pretrained_file=pretrained_file, **kwargs)

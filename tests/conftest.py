@@ -1,0 +1,29 @@
+"""Shared fixtures: the real smoke profile, and helpers to shrink it for fast tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "params" / "smoke.yaml"
+PAPER = ROOT / "params" / "paper.yaml"
+
+
+@pytest.fixture
+def root() -> Path:
+    return ROOT
+
+
+@pytest.fixture
+def smoke_tree() -> dict:
+    """The smoke profile as a raw YAML tree (anchors resolved), for tests to edit."""
+    return yaml.safe_load(SMOKE.read_text())
+
+
+def write_params(tree: dict, path: Path) -> Path:
+    """Write a params tree as YAML."""
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return path

@@ -1,0 +1,73 @@
+"""Typed params: profiles load, mistakes name the key and file, overrides apply."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import PAPER, SMOKE, write_params
+from densepred.config import ParamsError, load_params, parse_override
+
+
+def test_smoke_and_paper_profiles_load():
+    smoke = load_params(SMOKE)
+    paper = load_params(PAPER)
+    assert smoke.profile == "smoke" and paper.profile == "paper"
+    assert smoke.synth is not None and paper.synth is None
+    assert {"polymax_depth", "mqtransformer"} <= set(smoke.jobs) & set(paper.jobs)
+
+
+def test_typo_key_names_key_path_and_file(tmp_path, smoke_tree):
+    smoke_tree["jobs"]["polymax_depth"]["model"]["num_cluster"] = 16
+    path = write_params(smoke_tree, tmp_path / "typo.yaml")
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    message = str(err.value)
+    assert "jobs.polymax_depth.model.num_cluster" in message
+    assert "unknown key" in message
+    assert str(path) in message
+
+
+def test_wrong_type_and_missing_value(tmp_path, smoke_tree):
+    smoke_tree["jobs"]["polymax_depth"]["finetune"]["iterations"] = "many"
+    del smoke_tree["jobs"]["polymax_depth"]["model"]["backbone"]
+    path = write_params(smoke_tree, tmp_path / "bad.yaml")
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    message = str(err.value)
+    assert "jobs.polymax_depth.finetune.iterations" in message and "'many'" in message
+    assert "jobs.polymax_depth.model.backbone: Field required" in message
+
+
+def test_overrides_apply_and_are_validated():
+    params = load_params(SMOKE, ["jobs.polymax_depth.model.num_clusters=32", "seed=7"])
+    assert params.jobs["polymax_depth"].model.num_clusters == 32
+    assert params.seed == 7
+    with pytest.raises(ParamsError, match=r"jobs\.polymax_depth\.model\.k: unknown key"):
+        load_params(SMOKE, ["jobs.polymax_depth.model.k=16"])
+    with pytest.raises(ParamsError, match="expected KEY=VALUE"):
+        load_params(SMOKE, ["seed"])
+
+
+def test_parse_override_yaml_values():
+    assert parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
+    assert parse_override("a=null") == (["a"], None)
+    assert parse_override("a=true") == (["a"], True)
+
+
+def test_cross_references_are_checked(tmp_path, smoke_tree):
+    smoke_tree["sweeps"]["polymax_k"]["job"] = "no_such_job"
+    path = write_params(smoke_tree, tmp_path / "ref.yaml")
+    with pytest.raises(ParamsError, match=r"sweeps\.polymax_k\.job: no job named 'no_such_job'"):
+        load_params(path)
+
+
+def test_polymax_is_single_task(tmp_path, smoke_tree):
+    smoke_tree["jobs"]["polymax_depth"]["tasks"] = ["depth", "normals"]
+    path = write_params(smoke_tree, tmp_path / "multi.yaml")
+    with pytest.raises(ParamsError, match="one task per model"):
+        load_params(path)
+
+
+def test_missing_file_is_clear(tmp_path):
+    with pytest.raises(ParamsError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
