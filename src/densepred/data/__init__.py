@@ -1,0 +1,1 @@
+"""Datasets: synthetic scene generator, NYUD-v2 and Taskonomy readers, prepare step, transforms."""
