@@ -282,6 +282,9 @@ class RuntimeCfg(Strict):
     compile: bool = False
     num_workers: int = Field(0, ge=0)
     deterministic: bool = True
+    threads: int = Field(1, ge=1, description="CPU threads per training/evaluation job")
+    gpus_per_job: int = Field(0, ge=0, description="GPUs per training job (Snakemake resource)")
+    mem_mb: int = Field(4000, gt=0, description="memory per job (Snakemake resource)")
 
 
 class TrackingCfg(Strict):

@@ -1,0 +1,21 @@
+# Data: synthetic raw datasets in the real formats (synthetic profiles only), then prepared shards.
+
+
+for _stage in stages_of("synth", "prepare"):
+
+    rule:
+        name:
+            _stage.name
+        input:
+            _stage.deps,
+        output:
+            outputs_of(_stage),
+        params:
+            **_stage.params,
+        log:
+            _stage.log,
+        threads: _stage.threads
+        resources:
+            mem_mb=PARAMS.runtime.mem_mb,
+        shell:
+            shell_of(_stage)

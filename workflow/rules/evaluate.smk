@@ -1,0 +1,21 @@
+# Evaluation: NYUD-v2 test under both depth protocols (and Taskonomy test for table 3).
+
+
+for _stage in stages_of("evaluate"):
+
+    rule:
+        name:
+            _stage.name
+        input:
+            _stage.deps,
+        output:
+            outputs_of(_stage),
+        params:
+            **_stage.params,
+        log:
+            _stage.log,
+        threads: _stage.threads
+        resources:
+            **_stage.resources,
+        shell:
+            shell_of(_stage, prefix="OMP_NUM_THREADS={threads} ")

@@ -1,0 +1,28 @@
+# Results: tables (CSV, versioned in git) and figures, from the evaluation outputs.
+
+
+for _stage in stages_of("tables"):
+
+    rule:
+        name:
+            _stage.name
+        input:
+            _stage.deps,
+        output:
+            outputs_of(_stage),
+        params:
+            **_stage.params,
+        log:
+            _stage.log,
+        localrule: True
+        shell:
+            shell_of(_stage)
+
+
+rule results_all:
+    """`snakemake results/all`: every table and figure, then a stamp listing them."""
+    input:
+        rules.all.input,
+    output:
+        touch("results/all"),
+    localrule: True
