@@ -10,7 +10,7 @@ import pytest
 from conftest import SMOKE, write_params
 from densepred.cli import build_parser, main
 
-COMMANDS = ["synth", "prepare", "train", "evaluate", "tune", "tables", "schema"]
+COMMANDS = ["synth", "prepare", "train", "evaluate", "tune", "tables", "schema", "dvc"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -93,7 +93,20 @@ def cmd_tune(args: argparse.Namespace) -> None:
 def cmd_tables(args: argparse.Namespace) -> None:
     from densepred.tables import write_tables
 
-    write_tables(_params(args), Path(args.out), runs=Path(args.runs) if args.runs else None)
+    write_tables(_params(args), Path(args.out), runs=Path(args.runs) if args.runs else None, only=args.only)
+
+
+def cmd_dvc(args: argparse.Namespace) -> None:
+    import yaml
+
+    from densepred.io import atomic_write_text
+    from densepred.pipeline import build_stages, dvc_yaml
+
+    params = _params(args)
+    doc = dvc_yaml(build_stages(params, args.params), args.params)
+    header = f"# Generated from src/densepred/pipeline.py by `densepred dvc --params {args.params}`.\n"
+    atomic_write_text(Path(args.out), header + yaml.safe_dump(doc, sort_keys=False, width=1000))
+    print(f"wrote {args.out} ({len(doc['stages'])} stages)")
 
 
 def cmd_schema(args: argparse.Namespace) -> None:
@@ -165,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("--out", required=True, help="results folder (table2.csv, table3.csv, ...)")
     p.add_argument("--runs", help="runs folder to read (default: paths.runs of the profile)")
+    p.add_argument("--only", choices=["table2", "table3", "figure7", "ablations"], help="one table only")
+
+    p = add("dvc", cmd_dvc, "Write dvc.yaml from the pipeline definition (the Snakefile's stages).")
+    _add_common(p)
+    p.add_argument("--out", default="dvc.yaml", help="file to write (default dvc.yaml)")
 
     p = add("schema", cmd_schema, "Export the params JSON schema (for Snakemake's validate).")
     _add_common(p, params=False)

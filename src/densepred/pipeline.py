@@ -25,10 +25,16 @@ ABLATION_TABLES = ("ablation_k", "ablation_depth", "ablation_scales", "ablation_
 
 # Source files each kind of stage depends on (so code edits rerun exactly the affected stages).
 _SOURCES = {
-    "synth": ["src/densepred/data/synthetic.py"],
+    "synth": ["src/densepred/data"],
     "prepare": ["src/densepred/data"],
     "train": ["src/densepred/engine", "src/densepred/models", "src/densepred/losses", "src/densepred/data"],
-    "evaluate": ["src/densepred/engine", "src/densepred/models", "src/densepred/metrics", "src/densepred/data"],
+    "evaluate": [
+        "src/densepred/engine",
+        "src/densepred/models",
+        "src/densepred/metrics",
+        "src/densepred/data",
+        "src/densepred/figures.py",
+    ],
     "tune": ["src/densepred/tune.py", "src/densepred/engine", "src/densepred/models", "src/densepred/losses"],
     "tables": ["src/densepred/tables.py", "src/densepred/reported.py", "src/densepred/figures.py"],
 }
@@ -66,9 +72,13 @@ def _lookup(tree: dict[str, Any], dotted: str) -> Any:
 
 
 def _source_paths(kind: str) -> list[str]:
-    paths = []
+    """The .py files a stage kind depends on (files, not folders: a folder's mtime changes whenever
+    Python writes __pycache__, which would rerun stages for nothing)."""
+    paths: list[str] = []
     for s in _SOURCES[kind]:
-        if Path(s).is_dir() or Path(s).is_file():
+        if Path(s).is_dir():
+            paths += sorted(str(p) for p in Path(s).rglob("*.py"))
+        elif Path(s).is_file():
             paths.append(s)
         elif Path(s + ".py").is_file():
             paths.append(s + ".py")
@@ -88,7 +98,9 @@ class _Builder:
         self.stages: list[Stage] = []
 
     # -- helpers
-    def add(self, name: str, kind: str, args: list[str], deps: list[str], outs: list[str], **kw: Any) -> Stage:
+    def add(
+        self, name: str, kind: str, args: list[str], deps: list[str], outs: list[str], **kw: Any
+    ) -> Stage:
         keys = tuple(kw.pop("param_keys", ()))
         values = {k: _lookup(self.tree, k) for k in keys}
         argv = ("densepred", args[0], "--params", self.path, *args[1:])
@@ -115,21 +127,40 @@ class _Builder:
         raw = {name: str(ds.raw) for name, ds in self.p.datasets.items()}
         if self.p.synth is not None:
             root = synth_root(self.p)
-            self.add("synth", "synth", ["synth", "--out", root], [], [root],
-                     out_dirs=frozenset({root}), param_keys=["synth"])
+            self.add(
+                "synth",
+                "synth",
+                ["synth", "--out", root],
+                [],
+                [root],
+                out_dirs=frozenset({root}),
+                param_keys=["synth"],
+            )
         for name, ds in sorted(self.p.datasets.items()):
             if self.p.synth is not None:
                 deps = [synth_root(self.p)]
             else:  # real data: listed when present, so that a dry run plans the graph before the download
                 deps = [raw[name]] if Path(raw[name]).exists() else []
             keys = [f"datasets.{name}"]
-            self.add(f"prepare_{name}", "prepare",
-                     ["prepare", "--dataset", name, "--src", raw[name], "--out", str(ds.prepared)],
-                     deps, [str(ds.prepared)], out_dirs=frozenset({str(ds.prepared)}), param_keys=keys)
+            self.add(
+                f"prepare_{name}",
+                "prepare",
+                ["prepare", "--dataset", name, "--src", raw[name], "--out", str(ds.prepared)],
+                deps,
+                [str(ds.prepared)],
+                out_dirs=frozenset({str(ds.prepared)}),
+                param_keys=keys,
+            )
 
     # -- one job's chain
-    def chain(self, job: str, prefix: str = "", run_dir: Path | None = None, sets: tuple[str, ...] = (),
-              skip_pretrain: bool = False) -> str | None:
+    def chain(
+        self,
+        job: str,
+        prefix: str = "",
+        run_dir: Path | None = None,
+        sets: tuple[str, ...] = (),
+        skip_pretrain: bool = False,
+    ) -> str | None:
         cfg = self.p.jobs[job]
         run_dir = run_dir or self.runs / job
         set_args = [a for s in sets for a in ("--set", s)]
@@ -138,39 +169,69 @@ class _Builder:
         tag = prefix or job
         if cfg.pretrain is not None and not skip_pretrain:
             out = str(run_dir / "pretrain" / "final.pt")
-            self.add(f"pretrain_{tag}", "train",
-                     ["train", "--job", job, "--stage", "pretrain", "--out", str(run_dir / "pretrain"), *set_args],
-                     [str(self.p.datasets[cfg.pretrain.dataset].prepared)], [out],
-                     param_keys=[*common, f"jobs.{job}.pretrain"],
-                     threads=self.p.runtime.threads, resources=self.train_resources())
+            self.add(
+                f"pretrain_{tag}",
+                "train",
+                ["train", "--job", job, "--stage", "pretrain", "--out", str(run_dir / "pretrain"), *set_args],
+                [str(self.p.datasets[cfg.pretrain.dataset].prepared)],
+                [out],
+                param_keys=[*common, f"jobs.{job}.pretrain"],
+                threads=self.p.runtime.threads,
+                resources=self.train_resources(),
+            )
             last = out
         if cfg.finetune is not None:
             out = str(run_dir / "finetune" / "final.pt")
             init = ["--init", last] if last else []
             deps = [str(self.p.datasets[cfg.finetune.dataset].prepared)] + ([last] if last else [])
             keys = [*common, f"jobs.{job}.finetune"] + ([f"jobs.{job}.pretrain"] if last else [])
-            self.add(f"finetune_{tag}", "train",
-                     ["train", "--job", job, "--stage", "finetune", *init, "--out", str(run_dir / "finetune"),
-                      *set_args],
-                     deps, [out], param_keys=keys,
-                     threads=self.p.runtime.threads, resources=self.train_resources())
+            self.add(
+                f"finetune_{tag}",
+                "train",
+                [
+                    "train",
+                    "--job",
+                    job,
+                    "--stage",
+                    "finetune",
+                    *init,
+                    "--out",
+                    str(run_dir / "finetune"),
+                    *set_args,
+                ],
+                deps,
+                [out],
+                param_keys=keys,
+                threads=self.p.runtime.threads,
+                resources=self.train_resources(),
+            )
             last = out
         return last
 
-    def evaluate(self, job: str, ckpt: str, dataset: str, out: str, tag: str, sets: tuple[str, ...] = ()) -> None:
+    def evaluate(
+        self, job: str, ckpt: str, dataset: str, out: str, tag: str, sets: tuple[str, ...] = ()
+    ) -> None:
         set_args = [a for s in sets for a in ("--set", s)]
         figures = figures_dir(out)
-        self.add(f"evaluate_{tag}_{dataset}", "evaluate",
-                 ["evaluate", "--job", job, "--ckpt", ckpt, "--dataset", dataset, "--out", out, *set_args],
-                 [ckpt, str(self.p.datasets[dataset].prepared)], [out, figures], out_dirs=frozenset({figures}),
-                 param_keys=[f"jobs.{job}.evaluate", f"jobs.{job}.tasks"],
-                 threads=self.p.runtime.threads, resources=self.train_resources())
+        self.add(
+            f"evaluate_{tag}_{dataset}",
+            "evaluate",
+            ["evaluate", "--job", job, "--ckpt", ckpt, "--dataset", dataset, "--out", out, *set_args],
+            [ckpt, str(self.p.datasets[dataset].prepared)],
+            [out, figures],
+            out_dirs=frozenset({figures}),
+            param_keys=[f"jobs.{job}.evaluate", f"jobs.{job}.tasks"],
+            threads=self.p.runtime.threads,
+            resources=self.train_resources(),
+        )
 
     def jobs(self) -> None:
         for job, cfg in self.p.jobs.items():
             last = self.chain(job)
             if cfg.finetune is not None and last is not None:
-                self.evaluate(job, last, cfg.evaluate.dataset, eval_path(self.p, job, cfg.evaluate.dataset), job)
+                self.evaluate(
+                    job, last, cfg.evaluate.dataset, eval_path(self.p, job, cfg.evaluate.dataset), job
+                )
             if "table3" in cfg.tables and cfg.pretrain is not None and cfg.pretrain.dataset == "taskonomy":
                 ckpt = str(self.runs / job / "pretrain" / "final.pt")
                 self.evaluate(job, ckpt, "taskonomy", eval_path(self.p, job, "taskonomy"), job)
@@ -194,13 +255,24 @@ class _Builder:
     def sweeps(self) -> None:
         for name, sweep in sorted(self.p.sweeps.items()):
             cfg = self.p.jobs[sweep.job]
-            data = sorted({str(self.p.datasets[s.dataset].prepared) for s in (cfg.pretrain, cfg.finetune)
-                           if s is not None})
+            data = sorted(
+                {
+                    str(self.p.datasets[s.dataset].prepared)
+                    for s in (cfg.pretrain, cfg.finetune)
+                    if s is not None
+                }
+            )
             out_dir = str(self.runs / "sweeps" / name)
-            self.add(f"tune_{name}", "tune", ["tune", "--sweep", name, "--out", out_dir],
-                     data, [sweep_summary_path(self.p, name)],
-                     param_keys=["seed", "runtime", f"sweeps.{name}", f"jobs.{sweep.job}"],
-                     threads=0, resources={"mem_mb": self.p.runtime.mem_mb, "gpu": 0})
+            self.add(
+                f"tune_{name}",
+                "tune",
+                ["tune", "--sweep", name, "--out", out_dir],
+                data,
+                [sweep_summary_path(self.p, name)],
+                param_keys=["seed", "runtime", f"sweeps.{name}", f"jobs.{sweep.job}"],
+                threads=0,
+                resources={"mem_mb": self.p.runtime.mem_mb, "gpu": 0},
+            )
 
     def tables(self) -> None:
         evals = [s.outs[0] for s in self.stages if s.kind == "evaluate"]
@@ -208,24 +280,53 @@ class _Builder:
         main = [e for e in evals if "/figure7/" not in e]
         t2 = [e for e in main if e.endswith("/nyud.json")]
         t3 = [e for e in main if e.endswith("/taskonomy.json")]
-        f7 = [e for e in evals if "/figure7/" in e] + [
-            eval_path(self.p, j, "nyud") for j in (self.p.figure7.jobs if self.p.figure7 else [])
-        ] + figure8
+        f7 = (
+            [e for e in evals if "/figure7/" in e]
+            + [eval_path(self.p, j, "nyud") for j in (self.p.figure7.jobs if self.p.figure7 else [])]
+            + figure8
+        )
         res = self.results
-        self.add("table2", "tables", ["tables", "--only", "table2", "--out", str(res)], t2,
-                 [str(res / "table2.csv")], param_keys=["profile"], metrics=(str(res / "table2.csv"),))
-        self.add("table3", "tables", ["tables", "--only", "table3", "--out", str(res)], t3,
-                 [str(res / "table3.csv")], param_keys=["profile"], metrics=(str(res / "table3.csv"),))
+        self.add(
+            "table2",
+            "tables",
+            ["tables", "--only", "table2", "--out", str(res)],
+            t2,
+            [str(res / "table2.csv")],
+            param_keys=["profile"],
+            metrics=(str(res / "table2.csv"),),
+        )
+        self.add(
+            "table3",
+            "tables",
+            ["tables", "--only", "table3", "--out", str(res)],
+            t3,
+            [str(res / "table3.csv")],
+            param_keys=["profile"],
+            metrics=(str(res / "table3.csv"),),
+        )
         if self.p.figure7 is not None:
             outs = [str(res / "figure7.csv"), str(res / "figure7.png"), str(res / "figure8.png")]
-            self.add("figure7", "tables", ["tables", "--only", "figure7", "--out", str(res)], sorted(set(f7)),
-                     outs, param_keys=["figure7"], plots=(str(res / "figure7.csv"),))
+            self.add(
+                "figure7",
+                "tables",
+                ["tables", "--only", "figure7", "--out", str(res)],
+                sorted(set(f7)),
+                outs,
+                param_keys=["figure7"],
+                plots=(str(res / "figure7.csv"),),
+            )
         if self.p.sweeps:
             summaries = [sweep_summary_path(self.p, n) for n in sorted(self.p.sweeps)]
             tables = sorted({s.table for s in self.p.sweeps.values()})
-            self.add("ablations", "tables", ["tables", "--only", "ablations", "--out", str(res)], summaries,
-                     [str(res / f"{t}.csv") for t in tables], param_keys=["sweeps"],
-                     metrics=tuple(str(res / f"{t}.csv") for t in tables))
+            self.add(
+                "ablations",
+                "tables",
+                ["tables", "--only", "ablations", "--out", str(res)],
+                summaries,
+                [str(res / f"{t}.csv") for t in tables],
+                param_keys=["sweeps"],
+                metrics=tuple(str(res / f"{t}.csv") for t in tables),
+            )
 
 
 def synth_root(params: Params) -> str:
@@ -260,7 +361,9 @@ def figure7_eval_path(params: Params, job: str, fraction: float) -> str:
     cfg = params.jobs[job]
     if fraction == 1.0 and cfg.pretrain is not None and cfg.pretrain.fraction == 1.0:
         return eval_path(params, job, "nyud")
-    return str(Path(params.paths.runs) / "figure7" / job / f"frac{fraction_tag(fraction)}" / "eval" / "nyud.json")
+    return str(
+        Path(params.paths.runs) / "figure7" / job / f"frac{fraction_tag(fraction)}" / "eval" / "nyud.json"
+    )
 
 
 def sweep_summary_path(params: Params, sweep: str) -> str:

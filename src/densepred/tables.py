@@ -1,0 +1,243 @@
+"""Results tables and figures from evaluation outputs (metrics JSON files written by `densepred evaluate`).
+
+- table2.csv: NYUD-v2 test (PolyMaX Table 2 + MQTransformer Table II columns), one row per job.
+- table3.csv: Taskonomy test (PolyMaX Table 3).
+- figure7.csv/.png: NYUD-v2 metrics after pretraining on fractions of Taskonomy (PolyMaX Fig. 7);
+  figure8.png: PolyMaX depth cluster probability maps (Fig. 8 style), from the evaluation figures.
+- ablation_*.csv: from the Ray Tune sweep summaries (`densepred.tune`).
+
+Rows are sorted and columns fixed, so the CSVs are byte-stable for git and DVC diffs. With a real-data
+profile (no `synth:` section), the papers' reported numbers and our difference appear beside each
+metric as `<column>_paper` and `<column>_diff`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from densepred.config import JobCfg, Params
+from densepred.io import atomic_path
+from densepred.pipeline import eval_path, figure7_eval_path, figures_dir
+from densepred.reported import reported_table2, reported_table3
+
+# (column, metrics-JSON key, higher is better). Units: percent for mIoU / %<t / odsF.
+METRIC_COLUMNS: list[tuple[str, str, bool]] = [
+    ("miou_pct", "semseg/miou", True),
+    ("depth_rms", "depth_eigen/rms", False),
+    ("depth_abs_rel", "depth_eigen/abs_rel", False),
+    ("depth_log10", "depth_eigen/log10", False),
+    ("depth_delta1", "depth_eigen/delta1", True),
+    ("depth_rms_mtl", "depth_mtl/rms", False),
+    ("normals_mean", "normals/mean", False),
+    ("normals_median", "normals/median", False),
+    ("normals_rms", "normals/rms", False),
+    ("normals_a11_25_pct", "normals/a11_25", True),
+    ("normals_a22_5_pct", "normals/a22_5", True),
+    ("normals_a30_pct", "normals/a30", True),
+    ("edge_odsf_pct", "edge/odsf", True),
+]
+META_COLUMNS = ["model", "backbone", "pretraining", "tasks", "profile", "dataset", "job"]
+TAIL_COLUMNS = ["delta_m_pct", "params_m", "gflops"]
+# The per-task metric that enters delta_m (MTI-Net / ATRC / InvPT convention).
+DELTA_M_METRICS = {
+    "semseg": ("miou_pct", True),
+    "depth": ("depth_rms_mtl", False),
+    "normals": ("normals_mean", False),
+    "edge": ("edge_odsf_pct", True),
+}
+
+
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    """Read one evaluation JSON, with a clear error when it is missing or corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"evaluation result not found: {path} (run the evaluate stage first)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+
+
+def pretraining_label(job: JobCfg) -> str:
+    """What the weights saw before the final stage: backbone init + Taskonomy share."""
+    init = "ImageNet" if job.model.pretrained_file else "random init"
+    if job.pretrain is None:
+        return init
+    return f"{init} + Taskonomy {round(job.pretrain.fraction * 100)}%"
+
+
+def metric_row(params: Params, name: str, result: dict[str, Any], dataset: str) -> dict[str, Any]:
+    """One table row: meta columns, every metric column (NaN where the job has no such task)."""
+    job = params.jobs[name]
+    meta = result.get("meta", {})
+    row: dict[str, Any] = {
+        "model": job.model.name,
+        "backbone": job.model.backbone,
+        "pretraining": pretraining_label(job),
+        "tasks": "+".join(job.tasks),
+        "profile": params.profile,
+        "dataset": dataset,
+        "job": name,
+    }
+    for column, key, _ in METRIC_COLUMNS:
+        row[column] = result.get(key, math.nan)
+    row["params_m"] = meta.get("params_m", math.nan)
+    row["gflops"] = meta.get("gflops", math.nan)
+    return row
+
+
+def delta_m(row: dict[str, Any], refs: dict[str, dict[str, Any]], tasks: list[str]) -> float:
+    """Multi-task performance relative to single-task references, in percent (MTI-Net Eq.):
+    delta_m = 100/T * sum_t (-1)^{l_t} (M_mt - M_st) / M_st, l_t = 1 when lower is better."""
+    terms = []
+    for task in tasks:
+        column, higher = DELTA_M_METRICS[task]
+        ref = refs.get(task, {}).get(column, math.nan)
+        value = row.get(column, math.nan)
+        if not (math.isfinite(ref) and math.isfinite(value)) or ref == 0:
+            return math.nan
+        sign = 1.0 if higher else -1.0
+        terms.append(sign * (value - ref) / ref)
+    return 100.0 * sum(terms) / len(terms) if terms else math.nan
+
+
+def _with_reported(frame: pd.DataFrame, reported: Any) -> pd.DataFrame:
+    """Add `<col>_paper` and `<col>_diff` beside every metric column that a paper reports."""
+    out = frame.copy()
+    for column in [c for c, _, _ in METRIC_COLUMNS] + TAIL_COLUMNS:
+        paper = [reported(m, b).get(column, math.nan) for m, b in zip(frame["model"], frame["backbone"])]
+        if all(math.isnan(v) for v in paper):
+            continue
+        position = out.columns.get_loc(column) + 1
+        out.insert(position, f"{column}_paper", paper)
+        out.insert(position + 1, f"{column}_diff", out[column] - out[f"{column}_paper"])
+    return out
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.4f")
+
+
+def table2(params: Params) -> pd.DataFrame:
+    """NYUD-v2 test results of every job that feeds table 2, with delta_m for multi-task jobs."""
+    names = [n for n, j in params.jobs.items() if "table2" in j.tables and j.finetune is not None]
+    rows = {n: metric_row(params, n, read_metrics(eval_path(params, n, "nyud")), "nyud") for n in names}
+    for name, row in rows.items():
+        job = params.jobs[name]
+        refs = {}
+        for task, ref_job in job.delta_m_refs.items():
+            ref_result = read_metrics(eval_path(params, ref_job, "nyud"))
+            refs[task] = metric_row(params, ref_job, ref_result, "nyud")
+        if name in {r for j in params.jobs.values() for r in j.delta_m_refs.values()}:
+            row["delta_m_pct"] = 0.0  # a single-task reference is the baseline of delta_m
+        else:
+            row["delta_m_pct"] = delta_m(row, refs, job.tasks) if refs else math.nan
+    frame = pd.DataFrame(
+        list(rows.values()), columns=META_COLUMNS + [c for c, _, _ in METRIC_COLUMNS] + TAIL_COLUMNS
+    )
+    frame = frame.sort_values(["model", "tasks", "job"], kind="stable").reset_index(drop=True)
+    return frame if params.synth is not None else _with_reported(frame, reported_table2)
+
+
+def table3(params: Params) -> pd.DataFrame:
+    """Taskonomy test results of the pretrained checkpoints (PolyMaX Table 3)."""
+    names = [
+        n
+        for n, j in params.jobs.items()
+        if "table3" in j.tables and j.pretrain is not None and j.pretrain.dataset == "taskonomy"
+    ]
+    rows = [
+        metric_row(params, n, read_metrics(eval_path(params, n, "taskonomy")), "taskonomy") for n in names
+    ]
+    columns = META_COLUMNS + [c for c, _, _ in METRIC_COLUMNS] + ["params_m", "gflops"]
+    frame = pd.DataFrame(rows, columns=columns)
+    frame = frame.sort_values(["model", "tasks", "job"], kind="stable").reset_index(drop=True)
+    return frame if params.synth is not None else _with_reported(frame, reported_table3)
+
+
+def figure7(params: Params) -> pd.DataFrame:
+    """NYUD-v2 metrics per Taskonomy pretraining fraction for the Fig. 7 jobs."""
+    if params.figure7 is None:
+        raise ValueError(f"profile {params.profile!r} has no `figure7:` section")
+    rows = []
+    for name in params.figure7.jobs:
+        for fraction in params.figure7.fractions:
+            result = read_metrics(figure7_eval_path(params, name, fraction))
+            row = metric_row(params, name, result, "nyud")
+            row["taskonomy_fraction"] = fraction
+            rows.append(row)
+    frame = pd.DataFrame(rows)
+    keep = ["job", "model", "backbone", "tasks", "taskonomy_fraction"] + [
+        c for c, _, _ in METRIC_COLUMNS if frame[c].notna().any()
+    ]
+    return frame[keep].sort_values(["job", "taskonomy_fraction"], kind="stable").reset_index(drop=True)
+
+
+def plot_figure7(frame: pd.DataFrame, path: Path) -> None:
+    """One panel per task metric (mIoU, depth RMS, normals mean), one line per model (Fig. 7 style)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [c for c in ("miou_pct", "depth_rms", "normals_mean") if c in frame and frame[c].notna().any()]
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(4.2 * max(len(panels), 1), 3.4), squeeze=False)
+    for ax, column in zip(axes[0], panels):
+        for _, group in frame.groupby("job", sort=True):
+            if group[column].notna().any():
+                label = f"{group['model'].iloc[0]} ({group['backbone'].iloc[0]})"
+                ax.plot(100 * group["taskonomy_fraction"], group[column], marker="o", label=label)
+        ax.set_xlabel("Taskonomy data in pretraining (%)")
+        ax.set_ylabel(column)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("NYUD-v2 after pretraining on a share of Taskonomy (PolyMaX Fig. 7)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def copy_figure8(params: Params, path: Path) -> None:
+    """The PolyMaX depth model's cluster probability maps (Fig. 8 style), from its evaluation figures."""
+    folder = Path(figures_dir(eval_path(params, "polymax_depth", "nyud")))
+    candidates = sorted(folder.glob("*cluster*.png")) if folder.is_dir() else []
+    if not candidates:
+        raise FileNotFoundError(f"no cluster probability-map figure under {folder}")
+    with atomic_path(path) as tmp:
+        shutil.copyfile(candidates[0], tmp)
+
+
+def write_tables(params: Params, out: Path, runs: Path | None = None, only: str | None = None) -> list[Path]:
+    """Write the requested tables (all by default) into `out`; returns the written paths."""
+    if runs is not None:
+        params = params.model_copy(update={"paths": params.paths.model_copy(update={"runs": runs})})
+    out = Path(out)
+    written: list[Path] = []
+    wanted = {only} if only else {"table2", "table3", "figure7", "ablations"}
+    if "table2" in wanted:
+        _write_csv(table2(params), out / "table2.csv")
+        written.append(out / "table2.csv")
+    if "table3" in wanted:
+        _write_csv(table3(params), out / "table3.csv")
+        written.append(out / "table3.csv")
+    if "figure7" in wanted and params.figure7 is not None:
+        frame = figure7(params)
+        _write_csv(frame, out / "figure7.csv")
+        plot_figure7(frame, out / "figure7.png")
+        copy_figure8(params, out / "figure8.png")
+        written += [out / "figure7.csv", out / "figure7.png", out / "figure8.png"]
+    if "ablations" in wanted and params.sweeps:
+        from densepred.tune import write_ablation_tables
+
+        written += list(write_ablation_tables(params, Path(params.paths.runs) / "sweeps", out))
+    for path in written:
+        print(f"wrote {path}")
+    return written
