@@ -1,0 +1,247 @@
+"""`densepred evaluate`: metrics of a checkpoint on a test split, figures, and an MLflow run.
+
+The model is rebuilt from the checkpoint's own meta (model config, tasks, training dataset), never
+from the current params, so a Taskonomy checkpoint keeps its 17 classes and 128 m depth range.
+Metrics come from `densepred.metrics.MetricSuite`: both depth protocols (Eigen per-image, capped at
+the *evaluation* dataset's max depth; and the multi-task global protocol), normals, segmentation and
+boundaries, for whichever of those tasks the model predicts.
+
+Outputs:
+    <out>.json              flat metrics ("semseg/miou", "depth_eigen/rms", ...) plus "meta"; sorted
+                            keys, written atomically; no timestamps, so equal runs give equal files
+    <out>_figures/          `num_qualitative` prediction PNGs and, for PolyMaX, cluster probability
+                            maps of the first image
+
+Under torchrun each rank evaluates a contiguous, non-overlapping slice of the split (no padding
+duplicates), the meters' summable states are all-reduced, and rank 0 writes the outputs: every test
+image is counted exactly once.
+
+Cost figures in "meta": `params_m` (millions of parameters), `gflops` counted by
+`torch.utils.flop_counter.FlopCounterMode` for one image at the evaluation input size, where one
+multiply-accumulate is 2 FLOPs (so `gmacs = gflops / 2`; papers that quote "GFLOPs" computed with
+fvcore, MQTransformer's Table II among them, report MACs).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from densepred import tracking
+from densepred.config import Params
+from densepred.engine import distributed as dist_utils
+from densepred.engine.build import build_eval_dataset, build_model, collate_fn, parse_model_config
+from densepred.engine.checkpoint import load_checkpoint
+from densepred.engine.distributed import DistEnv
+from densepred.engine.train import (
+    autocast_context,
+    configure_runtime,
+    seed_everything,
+    to_device,
+    uses_channels_last,
+)
+from densepred.io import atomic_dir, atomic_write_json
+from densepred.metrics import MetricSuite
+from densepred.tasks import dataset_info
+
+FLOPS_CONVENTION = "torch.utils.flop_counter: 1 multiply-accumulate = 2 FLOPs; gmacs = gflops / 2"
+
+
+def figures_dir(out_json: Path) -> Path:
+    """`<out_json without .json>_figures/`."""
+    out_json = Path(out_json)
+    stem = out_json.name[: -len(".json")] if out_json.name.endswith(".json") else out_json.name
+    return out_json.with_name(f"{stem}_figures")
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The model described by a checkpoint's meta, with its weights loaded (strict)."""
+    meta = ckpt["meta"]
+    model_cfg = parse_model_config(meta["model"], source=str(path))
+    model = build_model(model_cfg, list(meta["tasks"]), meta["dataset"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise ValueError(f"checkpoint {path} does not fit the model its meta describes: {exc}") from None
+    return model, meta
+
+
+def check_compatible(meta: dict[str, Any], job_tasks: list[str], job: str, dataset: str, path: Path) -> None:
+    """The checkpoint must predict the job's tasks; semseg needs the evaluation dataset's class count."""
+    if sorted(meta["tasks"]) != sorted(job_tasks):
+        raise ValueError(
+            f"checkpoint {path} predicts tasks {meta['tasks']} but job {job!r} has tasks {job_tasks}"
+        )
+    classes = dataset_info(dataset).num_classes
+    if "semseg" in meta["tasks"] and meta["num_classes"] != classes:
+        raise ValueError(
+            f"checkpoint {path} was trained on {meta['dataset']} with {meta['num_classes']} classes; "
+            f"{dataset} semseg has {classes} classes, so it cannot be evaluated there"
+        )
+
+
+def count_cost(model: nn.Module, input_size: tuple[int, int]) -> dict[str, float]:
+    """Parameters (millions) and FLOPs (billions) of one eval-mode forward at `input_size`, on CPU fp32."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    params_m = sum(p.numel() for p in model.parameters()) / 1e6
+    device = next(model.parameters()).device
+    image = torch.zeros(1, 3, *input_size, device=device)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(image)
+    gflops = counter.get_total_flops() / 1e9
+    return {"params_m": round(params_m, 6), "gflops": round(gflops, 6), "gmacs": round(gflops / 2, 6)}
+
+
+def _finite_or_none(metrics: dict[str, float]) -> dict[str, float | None]:
+    """JSON has no NaN: metrics that are undefined (e.g. a class absent everywhere) become null."""
+    return {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}
+
+
+def eval_loader(dataset: Any, batch_size: int, env: DistEnv) -> DataLoader:
+    """This rank's contiguous slice of the split, in order."""
+    part = dist_utils.shard_range(len(dataset), env.rank, env.world_size)
+    return DataLoader(
+        Subset(dataset, list(part)),
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=collate_fn(),
+        num_workers=0,
+    )
+
+
+@torch.no_grad()
+def run_metrics(
+    model: nn.Module, loader: DataLoader, suite: MetricSuite, params: Params, env: DistEnv
+) -> int:
+    """Update `suite` over this rank's batches; returns the number of images this rank saw."""
+    runtime = params.runtime
+    channels_last = uses_channels_last(runtime, env.device)
+    seen = 0
+    for batch in loader:
+        batch = to_device(batch, env.device, channels_last)
+        with autocast_context(runtime, env.device):
+            outputs = model(batch["image"])
+        suite.update({k: v.float() for k, v in outputs.items() if isinstance(v, torch.Tensor)}, batch)
+        seen += batch["image"].shape[0]
+    return seen
+
+
+@torch.no_grad()
+def write_figures(
+    model: nn.Module, dataset: Any, count: int, folder: Path, meta: dict[str, Any], eval_dataset: str
+) -> list[Path]:
+    """`count` qualitative PNGs (the split's first images) and, for PolyMaX, cluster maps of image 0."""
+    from densepred.figures import save_cluster_maps, save_prediction_figure
+
+    device = next(model.parameters()).device
+    max_depth = dataset_info(eval_dataset).max_depth
+    written = []
+    with atomic_dir(folder) as tmp:
+        for index in range(min(count, len(dataset))):
+            sample = dataset[index]
+            image = sample["image"].to(device)
+            outputs = model(image[None])
+            preds = {k: v[0].float().cpu() for k, v in outputs.items() if isinstance(v, torch.Tensor)}
+            targets = {k: v for k, v in sample.items() if k in preds}
+            name = f"prediction_{index:03d}.png"
+            save_prediction_figure(
+                tmp / name, sample["image"], targets, preds, meta["num_classes"], max_depth
+            )
+            written.append(folder / name)
+        cluster_maps = getattr(model, "cluster_maps", None)
+        if callable(cluster_maps) and len(dataset) > 0:
+            sample = dataset[0]
+            maps = cluster_maps(sample["image"].to(device)[None])
+            task = meta["tasks"][0]
+            save_cluster_maps(
+                tmp / "clusters_000.png",
+                sample["image"],
+                maps["probs"][0].cpu(),
+                maps["values"][0].cpu(),
+                task,
+            )
+            written.append(folder / "clusters_000.png")
+    return written
+
+
+def evaluate_job(
+    params: Params, job: str, ckpt: Path, out_json: Path, dataset: str | None = None
+) -> dict[str, Any]:
+    """Evaluate checkpoint `ckpt` of job `job`; write metrics JSON and figures; return the metrics dict."""
+    env = dist_utils.setup(params.runtime.device)
+    try:
+        return _evaluate(params, job, Path(ckpt), Path(out_json), dataset, env)
+    finally:
+        dist_utils.teardown(env)
+
+
+def _evaluate(
+    params: Params, job: str, ckpt_path: Path, out_json: Path, dataset: str | None, env: DistEnv
+) -> dict[str, Any]:
+    job_cfg = params.job(job)
+    eval_cfg = job_cfg.evaluate
+    ds_name = dataset or eval_cfg.dataset
+    configure_runtime(params.runtime, env.device)
+    seed_everything(params.seed)
+    ckpt = load_checkpoint(ckpt_path)
+    check_compatible(ckpt["meta"], list(job_cfg.tasks), job, ds_name, ckpt_path)
+    model, meta = model_from_checkpoint(ckpt, ckpt_path)
+    model = model.to(env.device).eval()
+    if uses_channels_last(params.runtime, env.device):
+        model = model.to(memory_format=torch.channels_last)
+    data = build_eval_dataset(params, ds_name, eval_cfg.split, list(meta["tasks"]))
+    if len(data) == 0:
+        raise ValueError(f"{ds_name} split {eval_cfg.split!r} has no images to evaluate")
+    suite = MetricSuite.build(
+        meta["tasks"], ds_name, meta["num_classes"], eval_cfg.boundary_thresholds, eval_cfg.eigen_crop
+    )
+    seen = run_metrics(model, eval_loader(data, eval_cfg.batch_size, env), suite, params, env)
+    suite.sync()
+    total = int(dist_utils.all_reduce_sum(env, torch.tensor([seen], dtype=torch.int64)).item())
+    if total != len(data):
+        raise RuntimeError(f"evaluated {total} images but the split has {len(data)}")
+    metrics = _finite_or_none(suite.compute())
+    result: dict[str, Any] = dict(metrics)
+    if env.is_main:
+        input_size = tuple(int(s) for s in data[0]["image"].shape[-2:])
+        result["meta"] = {
+            "job": job,
+            "model": meta["model"]["name"],
+            "backbone": meta["model"]["backbone"],
+            "tasks": list(meta["tasks"]),
+            "dataset": ds_name,
+            "split": eval_cfg.split,
+            "trained_on": meta["dataset"],
+            "train_stage": meta["stage"],
+            "profile": params.profile,
+            "checkpoint": str(ckpt_path),
+            "num_images": total,
+            "input_size": list(input_size),
+            "flops_convention": FLOPS_CONVENTION,
+            **count_cost(model, input_size),
+        }
+        figures = figures_dir(out_json)
+        write_figures(model, data, eval_cfg.num_qualitative, figures, meta, ds_name)
+        atomic_write_json(out_json, result)  # last: its existence means the evaluation is complete
+        _track(params, job, meta, out_json, figures, metrics)
+        print(f"[{job}/evaluate] {ds_name}/{eval_cfg.split}: {total} images -> {out_json}", flush=True)
+    dist_utils.barrier(env)
+    return result
+
+
+def _track(
+    params: Params, job: str, meta: dict[str, Any], out_json: Path, figures: Path, metrics: dict[str, Any]
+) -> None:
+    """One MLflow run: final metrics, the metrics JSON and the figures as artifacts."""
+    with tracking.start_run(params, job, meta["stage"], "evaluate") as run:
+        run.log_metrics({k: v for k, v in metrics.items() if v is not None and "/iou_per_class/" not in k})
+        run.log_artifact(out_json)
+        if figures.exists():
+            run.log_artifact(figures)

@@ -1,0 +1,606 @@
+"""Ray Tune ablation sweeps: each trial runs one job's chain (pretrain -> finetune -> evaluate).
+
+A sweep (`sweeps.<name>` in a params profile, `config.SweepCfg`) names a job and the settings to vary:
+a `grid` (dotted key -> values, crossed) and/or named `variants` (name -> {dotted key: value}). Keys
+are relative to `jobs.<job>.`, so `model.num_queries` varies `jobs.mqtransformer.model.num_queries`.
+Every setting becomes one trial with its own folder `out/trials/<variant>/` holding the stages' outputs
+(`pretrain/`, `finetune/`, `metrics.json`) and a `result.json` once the trial is done.
+
+    densepred tune --params params/smoke.yaml --sweep mqt_queries --out runs/smoke/sweeps/mqt_queries
+
+What `out/` holds:
+
+- `sweep.json`: the sweep's fingerprint (its settings and every trial's resolved job config) and the
+  MLflow parent run id. A rerun with a different definition is refused instead of mixing results.
+- `ray/<sweep>/`: Ray Tune's experiment folder (storage path, configurable for clusters).
+- `trials/<variant>/`: the trial's stage outputs, `attempts.log` (one line per start), `result.json`.
+- `summary.csv`: one row per variant in declared order with stable columns (variant, status,
+  attempts, error, the overridden keys, then the metrics sorted by name); written atomically, and
+  only when every trial has finished or failed for good.
+
+Ray Tune 2.60 API (reference/pipeline-ecosystem.md §5): `tune.Tuner` with `tune.RunConfig`,
+`tune.FailureConfig(max_failures=...)`, `tune.with_resources`, and `ray.tune.report` inside the
+trainable (not `ray.train.*`).
+
+Fault tolerance, in two layers:
+
+- A trial that raises is retried `max_failures` times by Ray (each retry resumes training from the
+  stage's `checkpoints/last.pt`); if it still fails, its row says `status=error` with the message,
+  and the sweep completes.
+- An interrupted sweep (Ctrl-C, a killed job) is resumed by rerunning the same command: when
+  `Tuner.can_restore(<storage>/<sweep>)` the experiment is restored (`Tuner.restore`,
+  unfinished trials resumed). A trial whose `result.json` exists reports it without running again,
+  so finished trials are never rerun, even when the driver died before Ray saved its state.
+
+Where Ray runs: `RAY_ADDRESS` joins an existing cluster (then `out/` and the storage path must be on
+shared storage); otherwise a local Ray instance is started with `num_cpus` CPUs (argument, else
+`DENSEPRED_RAY_CPUS` as set by the Snakemake rule from `{threads}`, else `os.cpu_count()`), and shut
+down at the end. If Ray is already initialised in this process, it is used and left running (then
+the caller owns its runtime environment). Trials never depend on the working directory: every path
+in the trial params is made absolute, and `RAY_CHDIR_TO_TRIAL_DIR=0`, `DENSEPRED_ROOT` and the
+absolute `MLFLOW_TRACKING_URI` are passed to the workers with `runtime_env`.
+
+MLflow (through `densepred.tracking`): a sweep-level parent run (kind `sweep`) and one run per trial
+(kind `trial`, tagged `sweep`, `table`, `variant` and `mlflow.parentRunId`), reopened on retries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import itertools
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from densepred.config import Params, ParamsError, SweepCfg, apply_override, project_root, validate
+from densepred.io import atomic_path, atomic_write_text
+
+ENV_CPUS = "DENSEPRED_RAY_CPUS"
+ENV_STORAGE = "DENSEPRED_RAY_STORAGE"
+PASSED_ENV = ("DENSEPRED_TRACKING", "DENSEPRED_DEBUG")  # forwarded to the trials when set
+STATE_FILE = "sweep.json"
+SUMMARY_FILE = "summary.csv"
+TRIALS_DIR = "trials"
+RESULT_FILE = "result.json"
+ATTEMPTS_FILE = "attempts.log"
+RUN_ID_FILE = "mlflow_run_id"
+OBJECT_STORE_BYTES = 128 * 1024**2  # trials exchange only small dicts; a small store starts faster
+SUMMARY_COLUMNS = ["variant", "status", "attempts", "error"]
+MAX_ERROR_CHARS = 500
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+TrialFn = Callable[[Params, str, Path], Mapping[str, Any]]
+"""A trial: (trial params, job name, trial folder) -> flat metrics. The default is `run_job_chain`."""
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """The sweep stopped before every trial finished (Ctrl-C); rerun the same command to resume."""
+
+
+# ------------------------------------------------------------------------------------------ settings
+
+
+@dataclasses.dataclass(frozen=True)
+class Trial:
+    """One setting of a sweep: a variant name and its overrides, dotted keys relative to the job."""
+
+    variant: str
+    overrides: dict[str, Any]
+
+    def setting(self) -> str:
+        """Human-readable overrides, e.g. `num_queries=8`; `default` for none."""
+        if not self.overrides:
+            return "default"
+        return ", ".join(f"{key.rsplit('.', 1)[-1]}={_text(v)}" for key, v in self.overrides.items())
+
+
+def expand_trials(sweep: SweepCfg, name: str = "sweep") -> list[Trial]:
+    """The trials of a sweep in declared order: variants crossed with the grid's cartesian product.
+
+    A grid point is named after the last component of each key and its value (`num_queries_8`,
+    `decoder_layers_1-1-1`; several keys joined by `__`); with variants as well, `<variant>__<point>`.
+    Names must be unique and file-system safe; a grid key that a variant also sets is an error.
+    """
+    variants = sweep.variants or {"": {}}
+    for variant in sweep.variants:
+        if not _SAFE_NAME.match(variant):
+            raise ValueError(
+                f"sweeps.{name}.variants: name {variant!r} must start with a letter or digit and use only "
+                "letters, digits, '.', '_' and '-' (it names the trial folder)"
+            )
+    keys = list(sweep.grid)
+    points = list(itertools.product(*(sweep.grid[k] for k in keys))) if keys else [()]
+    trials: list[Trial] = []
+    for variant, base in variants.items():
+        for point in points:
+            clash = sorted(set(base) & set(keys))
+            if clash:
+                raise ValueError(f"sweeps.{name}: variant {variant!r} sets grid key(s) {clash}")
+            grid_name = "__".join(f"{k.rsplit('.', 1)[-1]}_{_slug(v)}" for k, v in zip(keys, point))
+            label = "__".join(x for x in (variant, grid_name) if x)
+            trials.append(Trial(label, {**base, **dict(zip(keys, point))}))
+    seen: set[str] = set()
+    for trial in trials:
+        if trial.variant in seen:
+            raise ValueError(f"sweeps.{name}: two settings are both named {trial.variant!r}; use variants")
+        seen.add(trial.variant)
+    return trials
+
+
+def _slug(value: Any) -> str:
+    """A value as a file-name fragment: [1, 1, 1] -> '1-1-1', True -> 'true', 0.5 -> '0.5'."""
+    if isinstance(value, list | tuple):
+        return "-".join(_slug(v) for v in value)
+    return re.sub(r"[^A-Za-z0-9.]+", "_", _text(value)).strip("_") or "none"
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_text(v) for v in value) + "]"
+    return str(value)
+
+
+def trial_params(params: Params, job: str, trial: Trial, source: str = "sweep") -> Params:
+    """`params` with the trial's overrides applied under `jobs.<job>.`, validated as a whole."""
+    tree = params.model_dump(mode="json")
+    for key, value in trial.overrides.items():
+        parts = ["jobs", job, *key.split(".")]
+        apply_override(tree, parts, value, source=f"{source} variant {trial.variant!r}")
+    return validate(tree, f"{source} variant {trial.variant!r}")
+
+
+def absolute_paths(node: Any, base: Path) -> Any:
+    """A copy of a params tree (models, dicts, lists) with every relative `Path` made absolute.
+
+    Ray workers may run in another directory (their trial folder, another node); absolute paths keep
+    dataset, weight and output locations independent of that (pipeline-ecosystem.md §5).
+    """
+    if isinstance(node, Path):
+        return node if node.is_absolute() else base / node
+    if isinstance(node, BaseModel):
+        return node.model_copy(update={f: absolute_paths(getattr(node, f), base) for f in type(node).model_fields})
+    if isinstance(node, dict):
+        return {k: absolute_paths(v, base) for k, v in node.items()}
+    if isinstance(node, list | tuple):
+        return type(node)(absolute_paths(v, base) for v in node)
+    return node
+
+
+def fingerprint(params: Params, sweep: SweepCfg, trials: Mapping[str, Params]) -> str:
+    """Hash of what decides a sweep's results: its job, settings, seed and each trial's job config.
+
+    Resources, retries and concurrency are left out, so they can change between a run and its resume.
+    """
+    tree = {
+        "job": sweep.job,
+        "seed": params.seed,
+        "grid": sweep.grid,
+        "variants": sweep.variants,
+        "trials": {name: p.jobs[sweep.job].model_dump(mode="json") for name, p in trials.items()},
+    }
+    return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# -------------------------------------------------------------------------------------- the real trial
+
+
+def run_job_chain(params: Params, job: str, out: Path) -> dict[str, Any]:
+    """Run a job's chain into `out`: pretrain (if any) -> finetune from it (if any) -> evaluate.
+
+    A retried or resumed trial continues where it stopped: `train_job` does nothing for a stage whose
+    `final.pt` exists and resumes from its `checkpoints/last.pt`, and an existing `metrics.json`
+    (written last, atomically, by `evaluate_job`) is reused. Returns the flat metrics.
+    """
+    from densepred.engine.evaluate import evaluate_job
+    from densepred.engine.train import train_job
+
+    cfg = params.job(job)
+    init: Path | None = None
+    for stage in ("pretrain", "finetune"):
+        if getattr(cfg, stage) is not None:
+            init = Path(train_job(params, job, stage, out / stage, init=init))
+    if init is None:
+        raise ValueError(f"jobs.{job}: nothing to train (no pretrain or finetune stage)")
+    metrics_json = out / "metrics.json"
+    if metrics_json.is_file():
+        return json.loads(metrics_json.read_text())
+    return dict(evaluate_job(params, job, init, metrics_json))
+
+
+# ----------------------------------------------------------------------------------------- the sweep
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """Everything a trial needs; pickled once and shipped to the Ray workers."""
+
+    sweep: str
+    table: str
+    job: str
+    trials_dir: Path
+    trials: dict[str, Trial]
+    params: dict[str, Params]
+    trial_fn: TrialFn
+    parent_run_id: str | None
+
+
+def run_sweep(
+    params: Params,
+    sweep: str,
+    out: str | Path,
+    params_path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    trial_fn: TrialFn | None = None,
+    num_cpus: int | None = None,
+    storage_path: str | Path | None = None,
+    retry_errored: bool = False,
+) -> Any:
+    """Run (or resume) the sweep `sweep` of `params` into `out`; returns the summary DataFrame.
+
+    `trial_fn` replaces the real job chain (`run_job_chain`), e.g. by a cheap function in tests.
+    `num_cpus` sizes a local Ray instance (default: DENSEPRED_RAY_CPUS, else all cores).
+    `storage_path` is Ray Tune's storage (default: DENSEPRED_RAY_STORAGE, else `out/ray`); a URI
+    (s3://, gs://) is kept as is. `retry_errored=True` reruns trials that failed for good in an
+    earlier run of this sweep (by default they stay failed). `params_path` and `overrides` are
+    recorded with the sweep for provenance.
+
+    Raises `SweepInterrupted` (a KeyboardInterrupt) if Ray stopped before every trial ended; the
+    summary is then not written, and rerunning the same command resumes the sweep.
+    """
+    if sweep not in params.sweeps:
+        raise ParamsError(f"no sweep named {sweep!r} in profile {params.profile!r}; sweeps: {sorted(params.sweeps)}")
+    cfg = params.sweeps[sweep]
+    trials = expand_trials(cfg, sweep)
+    resolved = {t.variant: trial_params(params, cfg.job, t, f"sweeps.{sweep}") for t in trials}
+    out = Path(out).resolve()
+    state = _load_state(out, sweep, fingerprint(params, cfg, resolved), params_path, overrides)
+    cwd = Path.cwd().resolve()
+    storage = _storage_path(out, storage_path)
+    with _parent_run(params, sweep, cfg, state, out) as parent_id:
+        plan = _Plan(
+            sweep=sweep,
+            table=cfg.table,
+            job=cfg.job,
+            trials_dir=out / TRIALS_DIR,
+            trials={t.variant: t for t in trials},
+            params={name: absolute_paths(p, cwd) for name, p in resolved.items()},
+            trial_fn=trial_fn or run_job_chain,
+            parent_run_id=parent_id,
+        )
+        with ray_session(_ray_cpus(num_cpus), _worker_env(params)):
+            _check_resources(cfg)
+            grid = _tuner(plan, cfg, storage, retry_errored).fit()
+        frame = summarize(plan, grid)
+        interrupted = frame["status"].eq("unfinished")
+        if interrupted.any():
+            raise SweepInterrupted(
+                f"sweep {sweep!r} stopped with unfinished trials {list(frame['variant'][interrupted])}; "
+                f"rerun the same command to resume from {storage}/{sweep}"
+            )
+        write_summary(frame, out / SUMMARY_FILE)
+    return frame
+
+
+def _load_state(
+    out: Path, sweep: str, digest: str, params_path: str | Path | None, overrides: Sequence[str]
+) -> dict[str, Any]:
+    """Read `out/sweep.json`, or create it; refuse an `out` started by a different sweep definition."""
+    path = out / STATE_FILE
+    if path.is_file():
+        try:
+            state = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc}); remove {out} to start the sweep afresh") from None
+        if state.get("fingerprint") != digest or state.get("sweep") != sweep:
+            raise ValueError(
+                f"{out} holds sweep {state.get('sweep')!r} run with different settings (fingerprint in {path}); "
+                f"its trials would not match. Remove {out} to rerun, or choose another --out"
+            )
+        return state
+    state = {
+        "sweep": sweep,
+        "fingerprint": digest,
+        "params_path": str(params_path) if params_path else None,
+        "overrides": list(overrides),
+        "parent_run_id": None,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(state, indent=2, sort_keys=True) + "\n")
+    return state
+
+
+def _storage_path(out: Path, storage_path: str | Path | None) -> str:
+    """Absolute local path or URI for Ray Tune's storage."""
+    value = storage_path or os.environ.get(ENV_STORAGE) or out / "ray"
+    if "://" in str(value):
+        return str(value)
+    return str(Path(value).expanduser().resolve())
+
+
+def _ray_cpus(num_cpus: int | None) -> int:
+    """CPUs for a local Ray instance: argument, else DENSEPRED_RAY_CPUS, else all cores."""
+    if num_cpus is None:
+        raw = os.environ.get(ENV_CPUS, "").strip()
+        if raw:
+            try:
+                num_cpus = int(raw)
+            except ValueError:
+                raise ValueError(f"{ENV_CPUS}={raw!r}: expected a positive integer") from None
+        else:
+            num_cpus = os.cpu_count() or 1
+    if num_cpus < 1:
+        raise ValueError(f"Ray CPUs must be a positive integer, got {num_cpus} (argument or {ENV_CPUS})")
+    return num_cpus
+
+
+def _worker_env(params: Params) -> dict[str, str]:
+    """Environment variables the trials need wherever they run (Ray does not forward the driver's)."""
+    from densepred.tracking import tracking_enabled, tracking_uri
+
+    env = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "DENSEPRED_ROOT": str(project_root())}
+    if tracking_enabled():
+        env["MLFLOW_TRACKING_URI"] = tracking_uri(params)
+    env.update({k: os.environ[k] for k in PASSED_ENV if k in os.environ})
+    return env
+
+
+@contextlib.contextmanager
+def ray_session(num_cpus: int, env: Mapping[str, str]) -> Iterator[None]:
+    """Ray for the sweep: join `RAY_ADDRESS`, or start a lean local instance; shut down what we start.
+
+    A Ray already initialised in this process is used as it is and left running.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    common: dict[str, Any] = {
+        "runtime_env": {"env_vars": dict(env)},
+        "log_to_driver": False,  # trial output goes to files in the trial folders (RunConfig.log_to_file)
+        "logging_level": logging.WARNING,
+    }
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, **common)
+    else:
+        ray.init(
+            num_cpus=num_cpus, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES, **common
+        )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _check_resources(cfg: SweepCfg) -> None:
+    """Fail fast when one trial asks for more than the whole Ray cluster has (it would wait forever)."""
+    import ray
+
+    have = ray.cluster_resources()
+    for key, want in (("CPU", cfg.resources.cpu), ("GPU", cfg.resources.gpu)):
+        if want > have.get(key, 0.0):
+            raise ValueError(
+                f"a trial asks for {key.lower()}={want:g} (sweep resources) but the Ray cluster has "
+                f"{have.get(key, 0.0):g}; lower `resources` or give Ray more ({ENV_CPUS}, RAY_ADDRESS)"
+            )
+
+
+def _tuner(plan: _Plan, cfg: SweepCfg, storage: str, retry_errored: bool) -> Any:
+    """A new Tuner for the sweep, or the restored one when its experiment folder can be restored."""
+    from ray import tune
+
+    trainable = tune.with_resources(_make_trainable(plan), {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
+    path = f"{storage}/{plan.sweep}"
+    if tune.Tuner.can_restore(path):
+        return tune.Tuner.restore(
+            path, trainable, resume_unfinished=True, resume_errored=retry_errored, restart_errored=False
+        )
+    return tune.Tuner(
+        trainable,
+        param_space={"variant": tune.grid_search(list(plan.trials))},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=cfg.max_concurrent, trial_dirname_creator=_trial_dirname
+        ),
+        run_config=tune.RunConfig(
+            name=plan.sweep,
+            storage_path=storage,
+            failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+            log_to_file=True,
+            verbose=0,
+        ),
+    )
+
+
+def _trial_dirname(trial: Any) -> str:
+    """Ray's folder for a trial: the variant name, plus Ray's id so retries of a restore never clash."""
+    return f"{trial.config['variant']}_{trial.trial_id}"
+
+
+def _make_trainable(plan: _Plan) -> Callable[[dict[str, Any]], None]:
+    """The Ray Tune function trainable: run one variant (or reuse its result) and report the metrics."""
+
+    def densepred_trial(config: dict[str, Any]) -> None:
+        from ray import tune
+
+        tune.report(run_trial(plan, config["variant"]))
+
+    densepred_trial.__name__ = f"densepred_{plan.sweep}"
+    return densepred_trial
+
+
+def run_trial(plan: _Plan, variant: str) -> dict[str, float]:
+    """Run the trial `variant` in its folder unless its `result.json` exists; return its metrics."""
+    folder = plan.trials_dir / variant
+    done = folder / RESULT_FILE
+    if done.is_file():
+        return json.loads(done.read_text())["metrics"]
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ATTEMPTS_FILE, "a") as log:
+        log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid={os.getpid()}\n")
+    params = plan.params[variant]
+    with _trial_run(plan, variant, params, folder) as run:
+        metrics = numeric_metrics(plan.trial_fn(params, plan.job, folder), variant)
+        run.log_metrics(metrics)
+    record = {"variant": variant, "overrides": plan.trials[variant].overrides, "metrics": metrics}
+    atomic_write_text(done, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return metrics
+
+
+def numeric_metrics(metrics: Mapping[str, Any], variant: str = "?") -> dict[str, float]:
+    """The numeric scalar entries of a trial's metrics (nested `meta` and other values dropped)."""
+    if not isinstance(metrics, Mapping):
+        raise TypeError(f"trial {variant!r}: the trial function returned {type(metrics).__name__}, expected a dict")
+    return {
+        str(k): float(v)
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
+# ------------------------------------------------------------------------------------------- tracking
+
+
+@contextlib.contextmanager
+def _parent_run(params: Params, sweep: str, cfg: SweepCfg, state: dict[str, Any], out: Path) -> Iterator[str | None]:
+    """The sweep-level MLflow run (reopened on resume); yields its id (None with tracking off)."""
+    from densepred.tracking import start_run
+
+    run_name = f"sweep-{sweep}"
+    with start_run(params, cfg.job, None, "sweep", run_id=state.get("parent_run_id"), run_name=run_name) as run:
+        if run.run_id and run.run_id != state.get("parent_run_id"):
+            state["parent_run_id"] = run.run_id
+            atomic_write_text(out / STATE_FILE, json.dumps(state, indent=2, sort_keys=True) + "\n")
+        run.set_tags({"sweep": sweep, "table": cfg.table})
+        yield run.run_id
+        if (out / SUMMARY_FILE).is_file():
+            run.log_artifact(out / SUMMARY_FILE)
+
+
+@contextlib.contextmanager
+def _trial_run(plan: _Plan, variant: str, params: Params, folder: Path) -> Iterator[Any]:
+    """The trial's MLflow run, child of the sweep run; a retry reopens the same run."""
+    from densepred.tracking import start_run
+
+    id_file = folder / RUN_ID_FILE
+    run_id = id_file.read_text().strip() if id_file.is_file() else None
+    name = f"{plan.sweep}-{variant}"
+    with start_run(params, plan.job, None, "trial", run_id=run_id, run_name=name) as run:
+        if run.run_id and run.run_id != run_id:
+            atomic_write_text(id_file, run.run_id + "\n")
+        tags = {"sweep": plan.sweep, "table": plan.table, "variant": variant}
+        if plan.parent_run_id:
+            tags["mlflow.parentRunId"] = plan.parent_run_id
+        run.set_tags(tags)
+        run.log_params({f"override.{k}": _text(v) for k, v in plan.trials[variant].overrides.items()})
+        yield run
+
+
+# -------------------------------------------------------------------------------------------- summary
+
+
+def summarize(plan: _Plan, grid: Any) -> Any:
+    """One row per variant (declared order): status ok/error/unfinished, attempts, error, overrides, metrics."""
+    import pandas as pd
+
+    by_variant = {}
+    for result in grid:
+        config = result.config or {}
+        if "variant" in config:
+            by_variant[config["variant"]] = result
+    override_keys = sorted({k for t in plan.trials.values() for k in t.overrides})
+    rows = []
+    for variant, trial in plan.trials.items():
+        result = by_variant.get(variant)
+        status, error, metrics = _outcome(plan.trials_dir / variant, result)
+        row: dict[str, Any] = {
+            "variant": variant,
+            "status": status,
+            "attempts": _attempts(plan.trials_dir / variant),
+            "error": error,
+        }
+        row.update({k: _text(trial.overrides[k]) if k in trial.overrides else "" for k in override_keys})
+        row.update(metrics)
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    fixed = SUMMARY_COLUMNS + override_keys
+    metric_cols = sorted(c for c in frame.columns if c not in fixed)
+    return frame.reindex(columns=fixed + metric_cols)
+
+
+def _outcome(folder: Path, result: Any) -> tuple[str, str, dict[str, float]]:
+    """(status, error message, metrics) of one trial."""
+    if result is not None and result.error is not None:
+        return "error", error_message(result.error), {}
+    done = folder / RESULT_FILE
+    if done.is_file():
+        return "ok", "", json.loads(done.read_text())["metrics"]
+    return "unfinished", "", {}
+
+
+def error_message(error: BaseException) -> str:
+    """The root cause of a trial failure as one line: `ValueError: bad K` (Ray wraps it in layers)."""
+    seen: set[int] = set()
+    while id(error) not in seen:
+        seen.add(id(error))
+        inner = getattr(error, "cause", None) or error.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        error = inner
+    text = str(error).strip().splitlines()
+    message = f"{type(error).__name__}: {text[-1] if text else ''}".strip()
+    return message[:MAX_ERROR_CHARS]
+
+
+def _attempts(folder: Path) -> int:
+    path = folder / ATTEMPTS_FILE
+    return len(path.read_text().splitlines()) if path.is_file() else 0
+
+
+def write_summary(frame: Any, path: Path) -> Path:
+    """Write the summary CSV atomically with a fixed float format (byte-stable for DVC and git)."""
+    with atomic_path(Path(path)) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g", lineterminator="\n")
+    return Path(path)
+
+
+def read_summary(path: str | Path) -> Any:
+    """Read a sweep's summary CSV, with a clear error when it is missing."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sweep summary not found: {path} (run `densepred tune` for that sweep first)")
+    return pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"variant": str, "error": str})
+
+
+def write_ablation_tables(params: Params, sweeps_dir: str | Path, out_dir: str | Path) -> list[Path]:
+    """results/ablation_*.csv from the sweep summaries under `sweeps_dir/<sweep>/summary.csv`."""
+    from densepred.ablations import write_ablation_tables as write
+
+    return write(params, sweeps_dir, out_dir)
+
+
+__all__ = [
+    "SweepInterrupted",
+    "Trial",
+    "expand_trials",
+    "read_summary",
+    "run_job_chain",
+    "run_sweep",
+    "trial_params",
+    "write_ablation_tables",
+    "write_summary",
+]

@@ -1,0 +1,151 @@
+"""MLflow tracking: URI resolution, runs with tags/params/metrics/artifacts, the off switch, and
+four processes logging into one fresh SQLite database at once without losing anything."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import SMOKE
+from densepred import tracking
+from densepred.config import load_params
+
+JOB = "polymax_depth"
+
+
+def params_for(uri: str | None = None, experiment: str = "densepred-smoke"):
+    overrides = [f"tracking.experiment={experiment}"] + ([f"tracking.uri={uri}"] if uri else [])
+    return load_params(SMOKE, overrides)
+
+
+@pytest.fixture(scope="module")
+def shared_uri(tmp_path_factory) -> str:
+    """One database for the single-process tests (creating a fresh one runs MLflow's migrations)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/shared.db"
+
+
+def client_for(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def test_uri_precedence(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DENSEPRED_ROOT", str(tmp_path))
+    assert tracking.tracking_uri(params_for()) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert tracking.tracking_uri(params_for("sqlite:///sub/x.db")) == f"sqlite:///{tmp_path.resolve()}/sub/x.db"
+    assert tracking.tracking_uri(params_for("http://127.0.0.1:5000")) == "http://127.0.0.1:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////abs/env.db")
+    assert tracking.tracking_uri(params_for("sqlite:///sub/x.db")) == "sqlite:////abs/env.db"
+
+
+def test_artifact_location_is_absolute_next_to_the_db(tmp_path):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    assert tracking.artifact_location(uri, "exp") == (tmp_path / "mlartifacts" / "exp").as_uri()
+    assert tracking.artifact_location("http://host:5000", "exp") is None
+
+
+def test_flatten():
+    flat = tracking.flatten({"a": {"b": 1, "c": [1, 2]}, "d": None, "e": {}})
+    assert flat == {"a.b": "1", "a.c": "[1, 2]", "d": "None", "e": "{}"}
+
+
+def test_off_switch_imports_nothing_and_writes_nothing(monkeypatch, tmp_path):
+    monkeypatch.setenv("DENSEPRED_TRACKING", "off")
+    uri = f"sqlite:///{tmp_path}/off.db"
+    with tracking.start_run(params_for(uri), JOB, "finetune", "train") as run:
+        assert isinstance(run, tracking.NullRun) and run.run_id is None
+        run.log_metrics({"x": 1.0}, step=1)
+    assert not (tmp_path / "off.db").exists()
+
+
+def test_run_records_tags_params_metrics_artifacts_and_status(monkeypatch, tmp_path, shared_uri):
+    monkeypatch.setenv("DENSEPRED_TRACKING", "on")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = shared_uri
+    params = params_for(uri, "records")
+    (tmp_path / "config.yaml").write_text("a: 1\n")
+    with tracking.start_run(params, JOB, "finetune", "train") as run:
+        for step in (10, 20):
+            run.log_metrics({"depth/silog": 0.5 / step, "lr": 1e-3, "nan": float("nan")}, step=step)
+        run.log_artifact(tmp_path / "config.yaml")
+    client = client_for(uri)
+    info = client.get_run(run.run_id)
+    assert info.info.status == "FINISHED"
+    tags = info.data.tags
+    assert tags["job"] == JOB and tags["stage"] == "finetune" and tags["model"] == "polymax"
+    assert tags["tasks"] == "depth" and tags["backbone"] == "test_convnext" and tags["profile"] == "smoke"
+    assert tags["git_commit"]
+    assert info.data.params["job.model.num_clusters"] == "16" and info.data.params["seed"] == "0"
+    history = client.get_metric_history(run.run_id, "depth/silog")
+    assert [(m.step, m.value) for m in history] == [(10, 0.05), (20, 0.025)]
+    assert "nan" not in info.data.metrics
+    artifacts = [a.path for a in client.list_artifacts(run.run_id)]
+    assert artifacts == ["config.yaml"]
+    location = client.get_experiment_by_name(params.tracking.experiment).artifact_location
+    db_dir = tracking.sqlite_path(uri).parent
+    assert location == (db_dir / "mlartifacts" / "records").as_uri()
+
+
+def test_failure_marks_run_failed_and_reopen_continues_it(monkeypatch, shared_uri):
+    monkeypatch.setenv("DENSEPRED_TRACKING", "on")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = shared_uri
+    params = params_for(uri, "reopen")
+    with pytest.raises(RuntimeError, match="boom"), tracking.start_run(params, JOB, "pretrain", "train") as run:
+        run.log_metrics({"loss": 1.0}, step=1)
+        raise RuntimeError("boom")
+    client = client_for(uri)
+    assert client.get_run(run.run_id).info.status == "FAILED"
+    with tracking.start_run(params, JOB, "pretrain", "train", run_id=run.run_id) as again:
+        again.log_metrics({"loss": 0.5}, step=2)
+    assert again.run_id == run.run_id
+    assert client.get_run(run.run_id).info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.run_id, "loss")] == [1, 2]
+    assert len(client.search_runs([client.get_experiment_by_name("reopen").experiment_id])) == 1
+
+
+# ------------------------------------------------------------------------------------- concurrency
+
+STEPS = 25
+
+
+def _writer(uri: str, index: int, artifact_dir: str, barrier) -> str:
+    os.environ["DENSEPRED_TRACKING"] = "on"
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    params = params_for(uri)
+    artifact = Path(artifact_dir) / f"artifact_{index}.txt"
+    artifact.write_text(f"writer {index}\n")
+    barrier.wait()  # every process opens the fresh database at the same moment
+    with tracking.start_run(params, JOB, "finetune", "train", run_name=f"writer-{index}") as run:
+        for step in range(STEPS):
+            run.log_metrics({"loss": float(index * 1000 + step), "lr": 0.1}, step=step)
+        run.log_artifact(artifact)
+    return run.run_id
+
+
+@pytest.mark.slow
+def test_four_parallel_writers_lose_nothing(tmp_path):
+    uri = f"sqlite:///{tmp_path}/parallel.db"
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Manager().Barrier(4)
+    with ctx.Pool(4) as pool:
+        run_ids = pool.starmap(_writer, [(uri, i, str(tmp_path), barrier) for i in range(4)])
+    assert len(set(run_ids)) == 4
+    client = client_for(uri)
+    exp = client.get_experiment_by_name("densepred-smoke")
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.info.run_id for r in runs) == sorted(run_ids)
+    for run in runs:
+        index = int(run.info.run_name.split("-")[1])
+        assert run.info.status == "FINISHED"
+        history = client.get_metric_history(run.info.run_id, "loss")
+        assert sorted((m.step, m.value) for m in history) == [(s, float(index * 1000 + s)) for s in range(STEPS)]
+        assert len(client.get_metric_history(run.info.run_id, "lr")) == STEPS
+        assert [a.path for a in client.list_artifacts(run.info.run_id)] == [f"artifact_{index}.txt"]
+        local = Path(client.download_artifacts(run.info.run_id, f"artifact_{index}.txt", str(tmp_path / "dl")))
+        assert local.read_text() == f"writer {index}\n"

@@ -1,0 +1,180 @@
+"""Ray Tune sweeps for real: a trial that raises, an interrupted sweep that resumes, the real engine.
+
+The first two use a cheap trial function (marker files count how often each trial ran), so they
+measure the sweep machinery, not training. Each starts a local Ray instance (a few seconds on 2
+cores), hence the slow mark.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT, write_params
+from densepred import tune
+from densepred.config import load_params
+
+pytestmark = pytest.mark.slow
+
+
+def _counting_trial(markers: Path, fail_for: int):
+    """A trial that writes a marker per start, raises for K == fail_for, and returns rms = 1/K."""
+
+    def trial(params, job, out):  # defined in a function so Ray pickles it by value
+        with open(markers / f"{out.name}.started", "a") as log:
+            log.write("x\n")
+        k = params.jobs[job].model.num_clusters
+        if k == fail_for:
+            raise ValueError(f"K={k} is not supported")
+        return {"depth_eigen/rms": 1.0 / k, "meta": {"k": k}}
+
+    return trial
+
+
+def _runs(markers: Path, variant: str) -> int:
+    path = markers / f"{variant}.started"
+    return len(path.read_text().splitlines()) if path.is_file() else 0
+
+
+def test_failing_trial_is_retried_reported_and_the_sweep_completes(tmp_path, smoke_tree, monkeypatch):
+    monkeypatch.setenv("DENSEPRED_TRACKING", "off")
+    smoke_tree["sweeps"] = {
+        "k": {"job": "polymax_depth", "table": "ablation_k", "grid": {"model.num_clusters": [8, 32]}, "max_failures": 2}
+    }
+    params = load_params(write_params(smoke_tree, tmp_path / "p.yaml"))
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    out = tmp_path / "sweep"
+    trial = _counting_trial(markers, fail_for=32)
+
+    frame = tune.run_sweep(params, "k", out, trial_fn=trial, num_cpus=2)
+    assert list(frame["variant"]) == ["num_clusters_8", "num_clusters_32"]
+    assert list(frame["status"]) == ["ok", "error"]
+    assert list(frame["attempts"]) == [1, 3]  # 1 try + max_failures retries
+    assert frame["error"][1] == "ValueError: K=32 is not supported"
+    assert frame["depth_eigen/rms"][0] == pytest.approx(0.125) and pd.isna(frame["depth_eigen/rms"][1])
+    assert (_runs(markers, "num_clusters_8"), _runs(markers, "num_clusters_32")) == (1, 3)
+    summary = (out / "summary.csv").read_text()
+    assert summary.splitlines()[2] == "num_clusters_32,error,3,ValueError: K=32 is not supported,32,"
+
+    # Rerunning a finished sweep restores it and runs nothing; failed trials stay reported.
+    again = tune.run_sweep(params, "k", out, trial_fn=trial, num_cpus=2)
+    assert (_runs(markers, "num_clusters_8"), _runs(markers, "num_clusters_32")) == (1, 3)
+    pd.testing.assert_frame_equal(again, frame)
+    assert (out / "summary.csv").read_text() == summary
+
+
+SCRIPT = """
+import sys, time
+from pathlib import Path
+from densepred.config import load_params
+from densepred.tune import run_sweep
+
+root = Path(sys.argv[1])
+
+def trial(params, job, out):
+    with open(root / "markers" / f"{out.name}.started", "a") as log:
+        log.write("x\\n")
+    if out.name == "b":  # slow until the test releases it
+        while not (root / "release").exists():
+            time.sleep(0.1)
+    return {"depth_eigen/rms": 1.0 / params.jobs[job].model.num_clusters}
+
+run_sweep(load_params(root / "p.yaml"), "k", root / "sweep", trial_fn=trial)
+"""
+
+
+def _start(root: Path) -> subprocess.Popen:
+    env = {**os.environ, "DENSEPRED_TRACKING": "off", "DENSEPRED_RAY_CPUS": "2", "PYTHONPATH": str(ROOT / "src")}
+    with open(root / "log.txt", "a") as log:
+        return subprocess.Popen(
+            [sys.executable, str(root / "script.py"), str(root)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: Ray's head processes go down with it
+        )
+
+
+def _wait_for(condition, proc: subprocess.Popen, root: Path, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError("sweep did not reach the expected point:\n" + (root / "log.txt").read_text()[-4000:])
+        time.sleep(0.2)
+
+
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, smoke_tree):
+    smoke_tree["sweeps"] = {
+        "k": {
+            "job": "polymax_depth",
+            "table": "ablation_k",
+            "variants": {"a": {"model.num_clusters": 8}, "b": {"model.num_clusters": 16}, "c": {"model.num_clusters": 32}},
+            "max_concurrent": 1,  # a, then b, then c
+        }
+    }
+    write_params(smoke_tree, tmp_path / "p.yaml")
+    (tmp_path / "script.py").write_text(textwrap.dedent(SCRIPT))
+    (tmp_path / "markers").mkdir()
+    markers, trials = tmp_path / "markers", tmp_path / "sweep" / "trials"
+
+    proc = _start(tmp_path)
+    _wait_for(lambda: (trials / "a" / "result.json").is_file() and _runs(markers, "b") == 1, proc, tmp_path)
+    os.killpg(proc.pid, signal.SIGKILL)  # the hard way: no chance to save anything
+    proc.wait(timeout=60)
+    assert not (tmp_path / "sweep" / "summary.csv").exists()
+    experiment = tmp_path / "sweep" / "ray" / "k"
+    from ray import tune as ray_tune
+
+    assert ray_tune.Tuner.can_restore(str(experiment))
+
+    (tmp_path / "release").touch()
+    proc = _start(tmp_path)
+    assert proc.wait(timeout=300) == 0, (tmp_path / "log.txt").read_text()[-4000:]
+    assert {v: _runs(markers, v) for v in "abc"} == {"a": 1, "b": 2, "c": 1}
+    summary = pd.read_csv(tmp_path / "sweep" / "summary.csv")
+    assert list(summary["variant"]) == ["a", "b", "c"] and set(summary["status"]) == {"ok"}
+    assert list(summary["attempts"]) == [1, 2, 1]
+    assert list(summary["depth_eigen/rms"]) == pytest.approx([1 / 8, 1 / 16, 1 / 32])
+    # Restored, not started afresh: every Ray trial folder belongs to the one experiment.
+    experiment_ids = {p.name.rsplit("_", 2)[-2] for p in experiment.iterdir() if p.is_dir()}
+    assert len(experiment_ids) == 1, sorted(p.name for p in experiment.iterdir())
+
+
+def test_real_smoke_sweep_end_to_end(tmp_path, smoke_tree, monkeypatch):
+    """Two PolyMaX K settings through synth -> prepare -> pretrain -> finetune -> evaluate, a few steps each."""
+    pytest.importorskip("densepred.engine.train")
+    from densepred.cli import main
+
+    monkeypatch.setenv("DENSEPRED_TRACKING", "off")
+    monkeypatch.chdir(tmp_path)  # relative data paths of the profile land in tmp_path
+    smoke_tree["synth"]["nyud"].update(num_images=16, num_test=6)
+    smoke_tree["synth"]["taskonomy"].update(buildings=3, views_per_building=4, size=64)
+    job = smoke_tree["jobs"]["polymax_depth"]
+    for stage in ("pretrain", "finetune"):
+        job[stage] = {**job[stage], "iterations": 3, "batch_size": 2, "crop": [64, 64], "checkpoint_every": 2}
+    job["evaluate"] = {**job["evaluate"], "num_qualitative": 0}
+    smoke_tree["sweeps"] = {"k": {"job": "polymax_depth", "table": "ablation_k", "grid": {"model.num_clusters": [4, 8]}}}
+    path = write_params(smoke_tree, tmp_path / "p.yaml")
+    assert main(["synth", "--params", str(path), "--out", "data/smoke/raw"]) == 0
+    for ds in ("nyud", "taskonomy"):
+        src, dst = f"data/smoke/raw/{ds}", f"data/smoke/prepared/{ds}"
+        assert main(["prepare", "--params", str(path), "--dataset", ds, "--src", src, "--out", dst]) == 0
+
+    assert main(["tune", "--params", str(path), "--sweep", "k", "--out", "sweeps/k"]) == 0
+    summary = pd.read_csv(tmp_path / "sweeps/k/summary.csv")
+    assert list(summary["variant"]) == ["num_clusters_4", "num_clusters_8"]
+    assert list(summary["status"]) == ["ok", "ok"], summary["error"].tolist()
+    assert (summary["depth_eigen/rms"] > 0).all() and (summary["depth_mtl/rms"] > 0).all()
+    for variant in summary["variant"]:
+        assert (tmp_path / "sweeps/k/trials" / variant / "finetune/final.pt").is_file()
+    assert "semseg/miou" not in summary  # a depth-only job
