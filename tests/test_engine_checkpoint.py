@@ -33,7 +33,13 @@ class Net(nn.Module):
 
 
 def payload(model: nn.Module) -> dict:
-    return {"format": CHECKPOINT_FORMAT, "kind": "final", "step": 3, "model": model.state_dict(), "meta": META}
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "kind": "final",
+        "step": 3,
+        "model": model.state_dict(),
+        "meta": META,
+    }
 
 
 def test_round_trip_and_no_temp_files_left(tmp_path):
@@ -46,16 +52,16 @@ def test_round_trip_and_no_temp_files_left(tmp_path):
 
 
 def test_load_errors_name_the_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.pt"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.pt"):
         load_checkpoint(tmp_path / "missing.pt")
     bad = tmp_path / "truncated.pt"
     save_checkpoint(bad, payload(Net(3)))
     bad.write_bytes(bad.read_bytes()[:100])
-    with pytest.raises(ValueError, match="truncated.pt could not be read"):
+    with pytest.raises(ValueError, match=r"truncated\.pt could not be read"):
         load_checkpoint(bad)
     foreign = tmp_path / "foreign.pt"
     torch.save(Net(3).state_dict(), foreign)
-    with pytest.raises(ValueError, match="foreign.pt is not a densepred checkpoint"):
+    with pytest.raises(ValueError, match=r"foreign\.pt is not a densepred checkpoint"):
         load_checkpoint(foreign)
     no_meta = tmp_path / "nometa.pt"
     torch.save({"format": CHECKPOINT_FORMAT, "model": {}, "step": 0, "meta": {"job": "j"}}, no_meta)
@@ -95,10 +101,8 @@ def test_init_loads_matching_and_resets_mismatched_heads(tmp_path):
     target = Net(40, extra=True)
     fresh_head = target.head.weight.detach().clone()
     report = load_init_weights(target, tmp_path / "pre.pt")
-    assert sorted(report.loaded) == sorted(
-        ["backbone.weight", "backbone.bias", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"]
-        + ["bn.num_batches_tracked"]
-    )
+    bn = ["bn.weight", "bn.bias", "bn.running_mean", "bn.running_var", "bn.num_batches_tracked"]
+    assert sorted(report.loaded) == sorted(["backbone.weight", "backbone.bias", *bn])
     assert report.reset == [
         {"key": "head.weight", "checkpoint_shape": [17, 4, 1, 1], "model_shape": [40, 4, 1, 1]},
         {"key": "head.bias", "checkpoint_shape": [17], "model_shape": [40]},

@@ -97,4 +97,6 @@ def test_gloo_sync_batchnorm_matches_one_process_on_the_whole_batch(tmp_path):
     assert torch.allclose(torch.cat([g["xgrad"] for g in got]), x.grad, **tol)
     assert torch.allclose(got[0]["pgrad"], torch.cat([bn.weight.grad, bn.bias.grad]), **tol)
     for g in got:
-        assert torch.allclose(g["rm"], bn.running_mean, **tol) and torch.allclose(g["rv"], bn.running_var, **tol)
+        assert torch.allclose(g["rm"], bn.running_mean, **tol) and torch.allclose(
+            g["rv"], bn.running_var, **tol
+        )

@@ -227,3 +227,42 @@ def test_matches_numpy_brute_force_pipeline():
     assert state["cnt_p"].tolist() == expected_matched
     assert state["sum_p"].tolist() == [int((prob > t).sum()) for t in thresholds]
     assert state["sum_r"].tolist() == [int(gt.sum())] * 3
+
+
+def test_update_equals_plain_per_threshold_loop():
+    """Distinct-map reuse, chunking and OIS bookkeeping against a straightforward loop."""
+    from densepred.metrics.boundary_matching import match_counts, tolerance_pixels
+    from densepred.metrics.boundary_ops import edge_nms, edge_orientation, seg2bmap, thin
+
+    torch.manual_seed(4)
+    logits = torch.randn(3, 1, 18, 22)
+    logits[1] = 0.0  # a flat map: every threshold below 0.5 gives the same binary map
+    gt = (torch.rand(3, 1, 18, 22) > 0.85).float()
+    thresholds = [0.001, 0.2, 0.45, 0.5, 0.7, 0.999]
+    meter = BoundaryMeter(thresholds=thresholds, from_logits=True, max_dist=0.05, chunk_elements=700)
+    meter.update(logits, gt)
+
+    probs = torch.floor(torch.sigmoid(logits[:, 0]) * 255) / 255
+    edges = edge_nms(probs, edge_orientation(probs))
+    gt_maps = thin(seg2bmap(gt[:, 0].to(torch.uint8))).numpy()
+    radius = tolerance_pixels(0.05, 18, 22)
+    matched = np.zeros((3, len(thresholds)), dtype=np.int64)
+    predicted = np.zeros_like(matched)
+    for b in range(3):
+        maps = thin(torch.stack([edges[b] > t for t in torch.tensor(thresholds)])).numpy()
+        matched[b], predicted[b] = match_counts(maps, gt_maps[b], radius)
+    state = meter.state()
+    assert state["cnt_p"].tolist() == matched.sum(0).tolist()
+    assert state["sum_p"].tolist() == predicted.sum(0).tolist()
+    assert state["sum_r"].tolist() == [int(gt_maps.sum())] * len(thresholds)
+    num_gt = gt_maps.reshape(3, -1).sum(1)
+    precision, recall = image_precision_recall(matched, num_gt[:, None], matched, predicted)
+    best = np.argmax(f_measure(precision, recall), axis=1)
+    rows = np.arange(3)
+    expected_ois = [
+        matched[rows, best].sum(),
+        num_gt.sum(),
+        matched[rows, best].sum(),
+        predicted[rows, best].sum(),
+    ]
+    assert state["ois"].tolist() == expected_ois

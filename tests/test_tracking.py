@@ -37,7 +37,9 @@ def test_uri_precedence(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DENSEPRED_ROOT", str(tmp_path))
     assert tracking.tracking_uri(params_for()) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
-    assert tracking.tracking_uri(params_for("sqlite:///sub/x.db")) == f"sqlite:///{tmp_path.resolve()}/sub/x.db"
+    assert (
+        tracking.tracking_uri(params_for("sqlite:///sub/x.db")) == f"sqlite:///{tmp_path.resolve()}/sub/x.db"
+    )
     assert tracking.tracking_uri(params_for("http://127.0.0.1:5000")) == "http://127.0.0.1:5000"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////abs/env.db")
     assert tracking.tracking_uri(params_for("sqlite:///sub/x.db")) == "sqlite:////abs/env.db"
@@ -96,7 +98,10 @@ def test_failure_marks_run_failed_and_reopen_continues_it(monkeypatch, shared_ur
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = shared_uri
     params = params_for(uri, "reopen")
-    with pytest.raises(RuntimeError, match="boom"), tracking.start_run(params, JOB, "pretrain", "train") as run:
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        tracking.start_run(params, JOB, "pretrain", "train") as run,
+    ):
         run.log_metrics({"loss": 1.0}, step=1)
         raise RuntimeError("boom")
     client = client_for(uri)
@@ -144,8 +149,12 @@ def test_four_parallel_writers_lose_nothing(tmp_path):
         index = int(run.info.run_name.split("-")[1])
         assert run.info.status == "FINISHED"
         history = client.get_metric_history(run.info.run_id, "loss")
-        assert sorted((m.step, m.value) for m in history) == [(s, float(index * 1000 + s)) for s in range(STEPS)]
+        assert sorted((m.step, m.value) for m in history) == [
+            (s, float(index * 1000 + s)) for s in range(STEPS)
+        ]
         assert len(client.get_metric_history(run.info.run_id, "lr")) == STEPS
         assert [a.path for a in client.list_artifacts(run.info.run_id)] == [f"artifact_{index}.txt"]
-        local = Path(client.download_artifacts(run.info.run_id, f"artifact_{index}.txt", str(tmp_path / "dl")))
+        local = Path(
+            client.download_artifacts(run.info.run_id, f"artifact_{index}.txt", str(tmp_path / "dl"))
+        )
         assert local.read_text() == f"writer {index}\n"

@@ -13,7 +13,8 @@ What `out/` holds:
 - `sweep.json`: the sweep's fingerprint (its settings and every trial's resolved job config) and the
   MLflow parent run id. A rerun with a different definition is refused instead of mixing results.
 - `ray/<sweep>/`: Ray Tune's experiment folder (storage path, configurable for clusters).
-- `trials/<variant>/`: the trial's stage outputs, `attempts.log` (one line per start), `result.json`.
+- `trials/<variant>/`: the trial's stage outputs, `log.txt` (its stdout and stderr), `attempts.log`
+  (one line per start), `result.json`.
 - `summary.csv`: one row per variant in declared order with stable columns (variant, status,
   attempts, error, the overridden keys, then the metrics sorted by name); written atomically, and
   only when every trial has finished or failed for good.
@@ -72,6 +73,7 @@ SUMMARY_FILE = "summary.csv"
 TRIALS_DIR = "trials"
 RESULT_FILE = "result.json"
 ATTEMPTS_FILE = "attempts.log"
+LOG_FILE = "log.txt"
 RUN_ID_FILE = "mlflow_run_id"
 OBJECT_STORE_BYTES = 128 * 1024**2  # trials exchange only small dicts; a small store starts faster
 SUMMARY_COLUMNS = ["variant", "status", "attempts", "error"]
@@ -369,7 +371,7 @@ def ray_session(num_cpus: int, env: Mapping[str, str]) -> Iterator[None]:
         return
     common: dict[str, Any] = {
         "runtime_env": {"env_vars": dict(env)},
-        "log_to_driver": False,  # trial output goes to files in the trial folders (RunConfig.log_to_file)
+        "log_to_driver": False,  # a trial's output goes to its folder's log.txt (`run_trial`)
         "logging_level": logging.WARNING,
     }
     address = os.environ.get("RAY_ADDRESS")
@@ -405,6 +407,7 @@ def _tuner(plan: _Plan, cfg: SweepCfg, storage: str, retry_errored: bool) -> Any
     trainable = tune.with_resources(_make_trainable(plan), {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
     path = f"{storage}/{plan.sweep}"
     if tune.Tuner.can_restore(path):
+        print(f"[tune {plan.sweep}] resuming the sweep saved in {path}", flush=True)
         return tune.Tuner.restore(
             path, trainable, resume_unfinished=True, resume_errored=retry_errored, restart_errored=False
         )
@@ -418,15 +421,14 @@ def _tuner(plan: _Plan, cfg: SweepCfg, storage: str, retry_errored: bool) -> Any
             name=plan.sweep,
             storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-            log_to_file=True,
             verbose=0,
         ),
     )
 
 
 def _trial_dirname(trial: Any) -> str:
-    """Ray's folder for a trial: the variant name, plus Ray's id so retries of a restore never clash."""
-    return f"{trial.config['variant']}_{trial.trial_id}"
+    """Ray's folder for a trial: the variant name (unique within a sweep; `summarize` relies on it)."""
+    return str(trial.config["variant"])
 
 
 def _make_trainable(plan: _Plan) -> Callable[[dict[str, Any]], None]:
@@ -451,9 +453,10 @@ def run_trial(plan: _Plan, variant: str) -> dict[str, float]:
     with open(folder / ATTEMPTS_FILE, "a") as log:
         log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid={os.getpid()}\n")
     params = plan.params[variant]
-    with _trial_run(plan, variant, params, folder) as run:
-        metrics = numeric_metrics(plan.trial_fn(params, plan.job, folder), variant)
-        run.log_metrics(metrics)
+    with open(folder / LOG_FILE, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        with _trial_run(plan, variant, params, folder) as run:
+            metrics = numeric_metrics(plan.trial_fn(params, plan.job, folder), variant)
+            run.log_metrics(metrics)
     record = {"variant": variant, "overrides": plan.trials[variant].overrides, "metrics": metrics}
     atomic_write_text(done, json.dumps(record, indent=2, sort_keys=True) + "\n")
     return metrics
@@ -517,9 +520,9 @@ def summarize(plan: _Plan, grid: Any) -> Any:
 
     by_variant = {}
     for result in grid:
-        config = result.config or {}
-        if "variant" in config:
-            by_variant[config["variant"]] = result
+        # A restored trial that had failed comes back without its config; its folder names it.
+        variant = (result.config or {}).get("variant") or Path(result.path).name
+        by_variant[variant] = result
     override_keys = sorted({k for t in plan.trials.values() for k in t.overrides})
     rows = []
     for variant, trial in plan.trials.items():

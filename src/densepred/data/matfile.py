@@ -1,10 +1,12 @@
-"""MATLAB v7.3 MAT-files (HDF5 with a 512-byte MATLAB user block): writing and string cells.
+"""MATLAB MAT-files: v7.3 (HDF5 with a 512-byte MATLAB user block) writing and string cells, and
+byte-reproducible v5 files.
 
 The official NYUD-v2 `nyu_depth_v2_labeled.mat` is such a file (data-formats.md 1.1): h5py reads it,
 `scipy.io.loadmat` refuses it. Arrays appear transposed (MATLAB is column-major), and cell arrays of
 strings are (1, n) datasets of HDF5 object references into the `#refs#` group, each pointing at a
 (len, 1) uint16 array of character codes. This module writes files with that structure and decodes
-such string cells; it knows nothing about NYUD itself.
+such string cells; it knows nothing about NYUD itself. Headers carry a fixed creation date so that a
+seed always gives the same bytes.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import scipy.io
 
 USERBLOCK_SIZE = 512
 _HEADER_TEXT_SIZE = 116
@@ -37,6 +40,16 @@ def mat73_writer(path: Path) -> Iterator[h5py.File]:
         yield f
     with open(path, "r+b") as raw:
         raw.write(mat73_header())
+
+
+def save_mat5(
+    path: Path, variables: dict[str, np.ndarray], created: str = "Thu Jan  1 00:00:00 1970"
+) -> None:
+    """Write a MATLAB v5 MAT-file (scipy) with a fixed header date, so the bytes are reproducible."""
+    scipy.io.savemat(path, variables, format="5")
+    text = f"MATLAB 5.0 MAT-file, Platform: GLNXA64, Created on: {created}".encode("ascii")
+    with open(path, "r+b") as raw:
+        raw.write(text.ljust(_HEADER_TEXT_SIZE, b" "))
 
 
 def set_matlab_class(dataset: h5py.Dataset | h5py.Group, matlab_class: str) -> None:

@@ -260,7 +260,8 @@ def render(
     normal_world = np.zeros_like(dirs)
     normal_world[rows, axis] = -np.sign(dirs[rows, axis])
     points = position + t[:, None] * dirs
-    obj = np.where(on_box, scene.part_object[np.maximum(part, 0)], scene.surface_object[surface])
+    obj = scene.surface_object[surface]
+    obj[on_box] = scene.part_object[part[on_box]]
     obj = _apply_decals(scene, points, surface, on_box, obj)
 
     kinds = np.array([o.kind for o in scene.objects])[obj]

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
 from densepred.data.codecs import (
     TASKONOMY_NORMAL_INVALID,
@@ -41,7 +40,7 @@ from densepred.data.codecs import (
     write_png,
 )
 from densepred.data.labels import MAP_894_TO_40, NYU_RAW_NAMES_KNOWN, NYU_RAW_NUM_CLASSES, label_boundaries
-from densepred.data.matfile import mat73_writer, set_matlab_class, write_string_cell
+from densepred.data.matfile import mat73_writer, save_mat5, set_matlab_class, write_string_cell
 from densepred.data.render import Camera, kinect_raw_depth, render, sample_pose, sample_target
 from densepred.data.scene import sample_scene
 
@@ -117,7 +116,7 @@ def synthesize_nyud(
     num_test = _check_nyud_sizes(num_images, height, width, num_test)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    frames = _nyud_frames(num_images, num_test, height, width, seed, shadows)
+    frames = render_nyud_frames(num_images, num_test, height, width, seed, shadows)
     if layout == "official":
         _write_nyud_official(out, frames, num_images, height, width)
     else:
@@ -152,10 +151,11 @@ def _scene_plan(num_images: int, num_test: int, rng: np.random.Generator) -> lis
     return [plan[i] for i in order]
 
 
-def _nyud_frames(
-    num_images: int, num_test: int, height: int, width: int, seed: int, shadows: bool
+def render_nyud_frames(
+    num_images: int, num_test: int, height: int, width: int, seed: int, shadows: bool = True
 ) -> Iterator[NYUFrame]:
-    """Render the frames in file order; each scene and frame has its own seeded generator."""
+    """The frames `synthesize_nyud` writes, in file order (each scene and frame has its own seeded
+    generator, so the same arguments give the same frames)."""
     plan = _scene_plan(num_images, num_test, np.random.default_rng([seed, 0]))
     camera = Camera.nyu(height, width)
     counters: dict[str, int] = {}
@@ -215,7 +215,7 @@ def _write_nyud_official(out: Path, frames: Iterator[NYUFrame], n: int, height: 
         "trainNdxs": np.array(train, dtype=np.float64)[:, None],
         "testNdxs": np.array(test, dtype=np.float64)[:, None],
     }
-    scipy.io.savemat(out / NYUD_SPLITS, splits, format="5")
+    save_mat5(out / NYUD_SPLITS, splits)
 
 
 def _create_nyud_datasets(f, n: int, height: int, width: int) -> dict:
@@ -328,9 +328,6 @@ def _write_building(
     out: Path, building: str, number: int, views: int, size: int, rng: np.random.Generator, shadows: bool
 ) -> None:
     scene = sample_scene(rng, size_range=(4.0, 10.0), height_range=(2.5, 3.5))
-    folders = {domain: out / domain / "taskonomy" / building for domain in (*TASKONOMY_DOMAINS, "point_info")}
-    for folder in folders.values():
-        folder.mkdir(parents=True, exist_ok=True)
     mask_token = "mask_valid" if number % 2 == 0 else "depth_zbuffer"
     points = rng.choice(max(3000, 4 * views), size=views, replace=False)
     written = 0
@@ -341,35 +338,45 @@ def _write_building(
             fov = float(rng.uniform(np.radians(45), np.radians(75)))
             position, rot = sample_pose(scene, rng, height=(0.9, 1.8), target=target)
             rendered = render(scene, Camera.square(size, fov), position, rot, rng, shadows=shadows)
-            stem = f"point_{point}_view_{view}_domain_"
-            _write_taskonomy_view(folders, stem, mask_token, rendered)
+            write_taskonomy_view(out, building, int(point), int(view), rendered, mask_token)
             info = {"resolution": size, "field_of_view_rads": fov, "camera_location": position.tolist()}
-            info |= {
-                "camera_rotation_final": rot.tolist(),
-                "point_uuid": f"{building}_{point}",
-                "view_id": int(view),
-            }
-            (folders["point_info"] / f"{stem}point_info.json").write_text(json.dumps(info))
+            info |= {"camera_rotation_final": rot.tolist(), "point_uuid": f"{building}_{point}"}
+            path = (
+                out
+                / "point_info"
+                / "taskonomy"
+                / building
+                / f"point_{point}_view_{view}_domain_point_info.json"
+            )
+            path.write_text(json.dumps({**info, "view_id": int(view)}))
         written += count
         if written == views:
             break
 
 
-def _write_taskonomy_view(folders: dict[str, Path], stem: str, mask_token: str, view: dict) -> None:
-    """The six pixel domains of one view with the Taskonomy encodings (data-formats.md 3.2)."""
-    valid = ~view["no_depth"]
-    normals = encode_normals_uint8(view["normals"])
+def write_taskonomy_view(
+    out: Path, building: str, point: int, view: int, rendered: dict, mask_token: str = "mask_valid"
+) -> None:
+    """Write one rendered view (`render.render` output) in the six pixel domains with the Taskonomy
+    encodings (data-formats.md 3.2): glass has no geometry (depth 65535, normal (128,128,128),
+    mask_valid 0). `mask_token` spells the mask file's domain token."""
+    valid = ~rendered["no_depth"]
+    normals = encode_normals_uint8(rendered["normals"])
     normals[~valid] = TASKONOMY_NORMAL_INVALID
     files = {
-        "rgb": view["rgb"],
-        "depth_zbuffer": encode_taskonomy_depth(view["depth"], valid),
-        "depth_euclidean": encode_taskonomy_depth(view["distance"], valid),
+        "rgb": rendered["rgb"],
+        "depth_zbuffer": encode_taskonomy_depth(rendered["depth"], valid),
+        "depth_euclidean": encode_taskonomy_depth(rendered["distance"], valid),
         "normal": normals,
-        "segment_semantic": view["taskonomy"].astype(np.uint8),
+        "segment_semantic": rendered["taskonomy"].astype(np.uint8),
+        "mask_valid": valid.astype(np.uint8) * 255,
     }
+    tokens = {**_DOMAIN_TOKEN, "mask_valid": mask_token}
     for domain, array in files.items():
-        write_png(folders[domain] / f"{stem}{_DOMAIN_TOKEN.get(domain, domain)}.png", array)
-    write_png(folders["mask_valid"] / f"{stem}{mask_token}.png", valid.astype(np.uint8) * 255)
+        folder = out / domain / "taskonomy" / building
+        folder.mkdir(parents=True, exist_ok=True)
+        write_png(folder / f"point_{point}_view_{view}_domain_{tokens.get(domain, domain)}.png", array)
+    (out / "point_info" / "taskonomy" / building).mkdir(parents=True, exist_ok=True)
 
 
 def _write_split_csv(path: Path, split_of: dict[str, str]) -> None:

@@ -47,14 +47,17 @@ def _size(sample: dict) -> tuple[int, int]:
 
 
 def resize(sample: dict, size: tuple[int, int], depth_factor: float = 1.0) -> dict:
-    """Resize every map to `size` (image bilinear, antialiased; labels nearest-exact)."""
+    """Resize every map to `size` (image bilinear, antialiased; labels nearest-exact); depth is then
+    multiplied by `depth_factor`."""
     out = dict(sample)
     height, width = size
     if (height, width) == _size(sample):
         return out
+    # The antialiased kernel is used for enlarging too (where it equals bilinear to 1e-6): unlike the
+    # plain bilinear kernel, its result does not depend on torch's thread count (DataLoader workers
+    # run single-threaded), which the worker-independence of augmentation requires.
     image = sample["image"][None]
-    shrink = height < image.shape[-2] or width < image.shape[-1]
-    out["image"] = F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=shrink)[0]
+    out["image"] = F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)[0]
     out["image"] = out["image"].clamp_(0.0, 1.0)
     for key in ("semseg", "depth", "normals", "edge"):
         if key in sample:

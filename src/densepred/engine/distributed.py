@@ -128,6 +128,22 @@ def shard_range(num_items: int, rank: int, world_size: int) -> range:
 # --------------------------------------------------------------------------------------- sync BN (CPU)
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose gradient is again the sum over ranks (each rank's output feeds its loss)."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
 class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm whose training statistics span every rank; works with gloo on CPU.
 
@@ -148,12 +164,10 @@ class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
             self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         ):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce as diff_all_reduce
-
         dims = [0, *range(2, x.dim())]
         local_count = torch.full((1,), x.numel() / x.shape[1], dtype=x.dtype, device=x.device)
         stats = torch.cat([x.sum(dims), (x * x).sum(dims), local_count])
-        stats = diff_all_reduce(stats)
+        stats = _AllReduceSum.apply(stats)
         channels = x.shape[1]
         count = stats[-1]
         mean = stats[:channels] / count

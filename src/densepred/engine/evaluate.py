@@ -38,13 +38,7 @@ from densepred.engine import distributed as dist_utils
 from densepred.engine.build import build_eval_dataset, build_model, collate_fn, parse_model_config
 from densepred.engine.checkpoint import load_checkpoint
 from densepred.engine.distributed import DistEnv
-from densepred.engine.train import (
-    autocast_context,
-    configure_runtime,
-    seed_everything,
-    to_device,
-    uses_channels_last,
-)
+from densepred.engine.runtime import autocast_context, job_settings, to_device, uses_channels_last
 from densepred.io import atomic_dir, atomic_write_json
 from densepred.metrics import MetricSuite
 from densepred.tasks import dataset_info
@@ -93,8 +87,15 @@ def count_cost(model: nn.Module, input_size: tuple[int, int]) -> dict[str, float
     device = next(model.parameters()).device
     image = torch.zeros(1, 3, *input_size, device=device)
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(image)
+    # The counter's module tracker hooks tensors that require grad; frozen parameters avoid that.
+    flags = [p.requires_grad for p in model.parameters()]
+    model.requires_grad_(False)
+    try:
+        with torch.no_grad(), counter:
+            model(image)
+    finally:
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
     gflops = counter.get_total_flops() / 1e9
     return {"params_m": round(params_m, 6), "gflops": round(gflops, 6), "gmacs": round(gflops / 2, 6)}
 
@@ -116,6 +117,33 @@ def eval_loader(dataset: Any, batch_size: int, env: DistEnv) -> DataLoader:
     )
 
 
+def _crop(values: dict[str, Any], rows: slice, size: list[int]) -> dict[str, Any]:
+    return {
+        k: v[rows, ..., : size[0], : size[1]] if isinstance(v, torch.Tensor) and v.ndim >= 3 else v
+        for k, v in values.items()
+    }
+
+
+def valid_parts(
+    outputs: dict[str, torch.Tensor], batch: dict[str, Any]
+) -> list[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
+    """Predictions and targets cropped to each image's `valid_size` (EvalTransform pads to /32).
+
+    Padding is filled with ignore values, but the boundary meter would still count padded pixels as
+    true negatives, so every task is cropped. Images of one size stay one batch; otherwise each
+    image is its own part.
+    """
+    sizes = batch.get("valid_size")
+    if sizes is None:
+        return [(outputs, batch)]
+    sizes = sizes.tolist()
+    if all(size == sizes[0] for size in sizes):
+        return [(_crop(outputs, slice(None), sizes[0]), _crop(batch, slice(None), sizes[0]))]
+    return [
+        (_crop(outputs, slice(i, i + 1), s), _crop(batch, slice(i, i + 1), s)) for i, s in enumerate(sizes)
+    ]
+
+
 @torch.no_grad()
 def run_metrics(
     model: nn.Module, loader: DataLoader, suite: MetricSuite, params: Params, env: DistEnv
@@ -128,9 +156,25 @@ def run_metrics(
         batch = to_device(batch, env.device, channels_last)
         with autocast_context(runtime, env.device):
             outputs = model(batch["image"])
-        suite.update({k: v.float() for k, v in outputs.items() if isinstance(v, torch.Tensor)}, batch)
+        outputs = {k: v.float() for k, v in outputs.items() if isinstance(v, torch.Tensor)}
+        for part_outputs, part_batch in valid_parts(outputs, batch):
+            suite.update(part_outputs, part_batch)
         seen += batch["image"].shape[0]
     return seen
+
+
+def _predict_one(model: nn.Module, sample: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Eval outputs and the sample itself, both cropped to the unpadded image, without batch axes."""
+    device = next(model.parameters()).device
+    outputs = model(sample["image"].to(device)[None])
+    outputs = {k: v.float().cpu() for k, v in outputs.items() if isinstance(v, torch.Tensor)}
+    batch = {k: v[None] if isinstance(v, torch.Tensor) else v for k, v in sample.items()}
+    [(preds, targets)] = valid_parts(outputs, batch)
+    return _unbatch(preds), _unbatch(targets)
+
+
+def _unbatch(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v[0] if isinstance(v, torch.Tensor) else v for k, v in values.items()}
 
 
 @torch.no_grad()
@@ -140,35 +184,28 @@ def write_figures(
     """`count` qualitative PNGs (the split's first images) and, for PolyMaX, cluster maps of image 0."""
     from densepred.figures import save_cluster_maps, save_prediction_figure
 
-    device = next(model.parameters()).device
     max_depth = dataset_info(eval_dataset).max_depth
-    written = []
+    names = []
     with atomic_dir(folder) as tmp:
         for index in range(min(count, len(dataset))):
-            sample = dataset[index]
-            image = sample["image"].to(device)
-            outputs = model(image[None])
-            preds = {k: v[0].float().cpu() for k, v in outputs.items() if isinstance(v, torch.Tensor)}
+            preds, sample = _predict_one(model, dataset[index])
             targets = {k: v for k, v in sample.items() if k in preds}
-            name = f"prediction_{index:03d}.png"
+            names.append(f"prediction_{index:03d}.png")
             save_prediction_figure(
-                tmp / name, sample["image"], targets, preds, meta["num_classes"], max_depth
+                tmp / names[-1], sample["image"], targets, preds, meta["num_classes"], max_depth
             )
-            written.append(folder / name)
         cluster_maps = getattr(model, "cluster_maps", None)
         if callable(cluster_maps) and len(dataset) > 0:
             sample = dataset[0]
-            maps = cluster_maps(sample["image"].to(device)[None])
-            task = meta["tasks"][0]
-            save_cluster_maps(
-                tmp / "clusters_000.png",
-                sample["image"],
-                maps["probs"][0].cpu(),
-                maps["values"][0].cpu(),
-                task,
+            maps = cluster_maps(sample["image"].to(next(model.parameters()).device)[None])
+            height, width = (
+                sample["valid_size"].tolist() if "valid_size" in sample else sample["image"].shape[-2:]
             )
-            written.append(folder / "clusters_000.png")
-    return written
+            probs = maps["probs"][0, :, :height, :width].cpu()
+            names.append("clusters_000.png")
+            image = sample["image"][:, :height, :width]
+            save_cluster_maps(tmp / names[-1], image, probs, maps["values"][0].cpu(), meta["tasks"][0])
+    return [folder / name for name in names]
 
 
 def evaluate_job(
@@ -177,7 +214,8 @@ def evaluate_job(
     """Evaluate checkpoint `ckpt` of job `job`; write metrics JSON and figures; return the metrics dict."""
     env = dist_utils.setup(params.runtime.device)
     try:
-        return _evaluate(params, job, Path(ckpt), Path(out_json), dataset, env)
+        with job_settings(params.runtime, env.device, params.seed):
+            return _evaluate(params, job, Path(ckpt), Path(out_json), dataset, env)
     finally:
         dist_utils.teardown(env)
 
@@ -188,8 +226,6 @@ def _evaluate(
     job_cfg = params.job(job)
     eval_cfg = job_cfg.evaluate
     ds_name = dataset or eval_cfg.dataset
-    configure_runtime(params.runtime, env.device)
-    seed_everything(params.seed)
     ckpt = load_checkpoint(ckpt_path)
     check_compatible(ckpt["meta"], list(job_cfg.tasks), job, ds_name, ckpt_path)
     model, meta = model_from_checkpoint(ckpt, ckpt_path)

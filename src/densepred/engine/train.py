@@ -32,8 +32,6 @@ import contextlib
 import csv
 import json
 import math
-import os
-import random
 import signal
 import threading
 import time
@@ -42,7 +40,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 from torch import nn
@@ -69,6 +66,7 @@ from densepred.engine.checkpoint import (
 from densepred.engine.distributed import DistEnv
 from densepred.engine.optim import build_optimizer, build_scheduler, current_lr, describe_groups
 from densepred.engine.progress import Progress
+from densepred.engine.runtime import autocast_context, job_settings, to_device, uses_channels_last
 from densepred.engine.sampler import StepSampler, StreamDataset
 from densepred.io import atomic_write_json, atomic_write_text
 from densepred.tasks import dataset_info
@@ -102,46 +100,6 @@ def stage_config(params: Params, job: str, stage: str) -> StageCfg:
             f"job {job!r} has no {stage} stage (jobs.{job}.{stage} is null in {params.profile!r})"
         )
     return cfg
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch (CPU and CUDA), numpy and random from one seed."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def configure_runtime(runtime: RuntimeCfg, device: torch.device) -> None:
-    """Threads and determinism switches for this process."""
-    torch.set_num_threads(runtime.threads)
-    if runtime.deterministic:
-        if device.type == "cuda":
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-
-
-def autocast_context(runtime: RuntimeCfg, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when `runtime.amp == "bf16"`; CPU runs stay fp32."""
-    if device.type == "cuda" and runtime.amp == "bf16":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def uses_channels_last(runtime: RuntimeCfg, device: torch.device) -> bool:
-    return runtime.channels_last and device.type == "cuda"
-
-
-def to_device(batch: Mapping[str, Any], device: torch.device, channels_last: bool = False) -> dict[str, Any]:
-    """Move every tensor of a batch to `device` (the image in channels_last when asked)."""
-    out = {}
-    for key, value in batch.items():
-        if isinstance(value, torch.Tensor):
-            value = value.to(device, non_blocking=True)
-            if key == "image" and channels_last:
-                value = value.contiguous(memory_format=torch.channels_last)
-        out[key] = value
-    return out
 
 
 def checkpoint_meta(params: Params, job: str, stage: str, init: Path | None) -> dict[str, Any]:
@@ -487,15 +445,14 @@ def train_job(params: Params, job: str, stage: str, out: Path, init: Path | None
         raise FileNotFoundError(f"--init checkpoint not found: {init}")
     env = dist_utils.setup(params.runtime.device)
     try:
-        return _train(params, job, stage, out, init, env)
+        with job_settings(params.runtime, env.device, params.seed):
+            return _train(params, job, stage, out, init, env)
     finally:
         dist_utils.teardown(env)
 
 
 def _train(params: Params, job: str, stage: str, out: Path, init: Path | None, env: DistEnv) -> Path:
     cfg, scfg, runtime = params.job(job), stage_config(params, job, stage), params.runtime
-    configure_runtime(runtime, env.device)
-    seed_everything(params.seed)
     meta = checkpoint_meta(params, job, stage, init)
     progress = Progress(scfg.iterations, 0, f"{job}/{stage}", every=scfg.log_every, enabled=env.is_main)
     last_path = out / "checkpoints" / "last.pt"
@@ -594,14 +551,14 @@ def prepare_model(model: nn.Module, runtime: RuntimeCfg, env: DistEnv) -> nn.Mod
 def wrap_model(model: nn.Module, runtime: RuntimeCfg, env: DistEnv) -> nn.Module:
     """torch.compile (optional), then DDP outermost (timm's order), when there are several processes.
 
-    `find_unused_parameters=True`: some heads are not used by every loss (e.g. auxiliary heads of a
-    task that is not trained), and DDP would otherwise hang waiting for their gradients.
+    DDP runs with `find_unused_parameters=False`: every model's criterion uses every parameter in
+    each training step (checked for all registered models), which saves a graph traversal per step.
     """
     wrapped = torch.compile(model) if runtime.compile else model
     if env.distributed:
         device_ids = [env.local_rank] if env.device.type == "cuda" else None
         wrapped = nn.parallel.DistributedDataParallel(
-            wrapped, device_ids=device_ids, find_unused_parameters=True
+            wrapped, device_ids=device_ids, find_unused_parameters=False
         )
     return wrapped
 

@@ -33,7 +33,7 @@ UNITS: dict[str, dict[str, str]] = {
     "depth_eigen": {
         "rms": "metres",
         "abs_rel": "ratio",
-        "sq_rel": "metres",
+        "sq_rel": 'metres (a ratio with sq_rel="relative_squared")',
         "log10": "log10 units",
         "log_rms": "natural-log units",
         "silog": "100 x natural-log units",

@@ -158,19 +158,42 @@ class BoundaryMeter(Meter):
         probs, gt = self._prepare(pred, target)
         self._begin_update(torch.device("cpu"))
         edges = edge_nms(probs, edge_orientation(probs)) if self.nms else probs
-        gt_np = self._gt_boundary(gt).cpu().numpy()
+        matched, predicted, num_gt = self._count(edges, self._gt_boundary(gt).cpu().numpy())
+        self._accumulate(matched, predicted, num_gt)
+
+    def _count(self, edges: Tensor, gt_maps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Matched and predicted boundary pixels per (image, threshold), ground-truth pixels per image."""
         batch, height, width = edges.shape
         radius = tolerance_pixels(self.max_dist, height, width)
         support = (edges > self.thresholds[0]).cpu().numpy()
-        matchers = [BoundaryMatcher(gt_np[b], support[b], radius) for b in range(batch)]
+        matchers = [BoundaryMatcher(gt_maps[b], support[b], radius) for b in range(batch)]
+        representative = self._distinct_maps(edges)
         matched = np.zeros((batch, len(self.thresholds)), dtype=np.int64)
         predicted = np.zeros_like(matched)
-        for start, maps in self._binary_maps(edges):
-            for t_offset, t_maps in enumerate(maps):
-                for b, matcher in enumerate(matchers):
-                    matched[b, start + t_offset], predicted[b, start + t_offset] = matcher.count(t_maps[b])
+        distinct = np.argwhere(representative == np.arange(len(self.thresholds)))  # (b, t) pairs to count
+        for pairs, maps in self._binary_maps(edges, distinct):
+            for (b, t), pred_map in zip(pairs, maps):
+                matched[b, t], predicted[b, t] = matchers[b].count(pred_map)
+        rows = np.arange(batch)[:, None]
         num_gt = np.array([matcher.num_gt for matcher in matchers], dtype=np.int64)
-        self._accumulate(matched, predicted, num_gt)
+        return matched[rows, representative], predicted[rows, representative], num_gt
+
+    def _distinct_maps(self, edges: Tensor) -> np.ndarray:
+        """(B,T) index of the first threshold whose binary map equals threshold t's, per image.
+
+        The maps {e > t} are nested in t, so two of them are equal exactly when they hold the same
+        number of pixels; counts come from one sort per image. Flat predictions (e.g. an untrained
+        model) then cost one thinning and one matching per distinct map, not per threshold.
+        """
+        levels = torch.tensor(self.thresholds, dtype=torch.float32, device=edges.device)
+        values = edges.flatten(1).sort(dim=1).values
+        at_or_below = torch.searchsorted(values, levels.expand(values.shape[0], -1).contiguous(), right=True)
+        counts = (values.shape[1] - at_or_below).cpu().numpy()
+        first = np.empty_like(counts)
+        for b, row in enumerate(counts):
+            _, first_index, inverse = np.unique(row, return_index=True, return_inverse=True)
+            first[b] = first_index[inverse]
+        return first
 
     def _prepare(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Validated (B,H,W) float32 probabilities (quantised if asked) and (B,H,W) bool ground truth."""
@@ -202,17 +225,18 @@ class BoundaryMeter(Meter):
         boundary = seg2bmap(gt.to(torch.uint8)) if self.gt_boundary == "seg2bmap" else gt
         return thin(boundary) if self.thin_maps else boundary
 
-    def _binary_maps(self, edges: Tensor):
-        """Yield (first threshold index, (Tc,B,H,W) bool numpy maps) over chunks of thresholds."""
-        batch, height, width = edges.shape
-        per_chunk = max(1, self.chunk_elements // (batch * height * width))
+    def _binary_maps(self, edges: Tensor, pairs: np.ndarray):
+        """Yield (pairs chunk, (K,H,W) bool numpy maps): edges[b] > thresholds[t], thinned, per (b, t)."""
+        _, height, width = edges.shape
+        per_chunk = max(1, self.chunk_elements // (height * width))
         levels = torch.tensor(self.thresholds, dtype=torch.float32, device=edges.device)
-        for start in range(0, len(self.thresholds), per_chunk):
-            chunk = levels[start : start + per_chunk]
-            maps = edges.unsqueeze(0) > chunk.view(-1, 1, 1, 1)
+        for start in range(0, len(pairs), per_chunk):
+            chunk = pairs[start : start + per_chunk]
+            index = torch.from_numpy(chunk).to(edges.device)
+            maps = edges[index[:, 0]] > levels[index[:, 1]].view(-1, 1, 1)
             if self.thin_maps:
-                maps = thin(maps.flatten(0, 1)).view_as(maps)
-            yield start, maps.cpu().numpy()
+                maps = thin(maps)
+            yield chunk.tolist(), maps.cpu().numpy()
 
     def _accumulate(self, matched: np.ndarray, predicted: np.ndarray, num_gt: np.ndarray) -> None:
         """Add per-image counts (B,T) to the dataset sums and each image's best-threshold counts to OIS."""

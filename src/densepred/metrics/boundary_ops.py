@@ -53,18 +53,20 @@ def _symmetric_index(length: int, pad: int, device: torch.device) -> Tensor:
 
 
 def conv_tri(image: Tensor, radius: int) -> Tensor:
-    """Triangle-filter smoothing of (N,H,W) with integer `radius` >= 2 and symmetric borders."""
+    """Triangle-filter smoothing of (N,H,W) with integer `radius` >= 2 and symmetric borders.
+
+    Written as weighted sums of shifted slices rather than `conv2d`, so that it is plain float32
+    arithmetic on every device (cuDNN may run float32 convolutions in TF32 on recent GPUs).
+    """
     if radius < 2:
         raise ValueError(f"conv_tri: radius must be an integer >= 2, got {radius}")
     _, height, width = image.shape
-    ramp = torch.arange(1, radius + 2, dtype=torch.float32, device=image.device)
-    kernel = torch.cat([ramp, ramp[:-1].flip(0)]) / float((radius + 1) ** 2)
-    rows = _symmetric_index(height, radius, image.device)
-    cols = _symmetric_index(width, radius, image.device)
-    padded = image[:, rows][:, :, cols].unsqueeze(1)
-    smoothed = F.conv2d(padded, kernel.view(1, 1, 1, -1))
-    smoothed = F.conv2d(smoothed, kernel.view(1, 1, -1, 1))
-    return smoothed.squeeze(1)
+    weights = [k / float((radius + 1) ** 2) for k in (*range(1, radius + 2), *range(radius, 0, -1))]
+    image = image.float()
+    padded = image[:, _symmetric_index(height, radius, image.device)]
+    rows = sum(w * padded[:, k : k + height] for k, w in enumerate(weights))
+    padded = rows[:, :, _symmetric_index(width, radius, image.device)]
+    return sum(w * padded[:, :, k : k + width] for k, w in enumerate(weights))
 
 
 def _gradient_along(image: Tensor, dim: int) -> Tensor:

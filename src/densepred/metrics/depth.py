@@ -153,14 +153,14 @@ class DepthMeter(Meter):
 
         diff = gt - p
         log_err = torch.log(p) - torch.log(gt)
-        ratio = torch.maximum(gt / p, p / gt)
+        ratio = torch.maximum(gt / p, p / gt)  # exact division: the delta thresholds are strict
         sq_rel = diff**2 / gt if self.sq_rel == "eigen" else (diff / gt) ** 2
         per_image = torch.stack(
             [
                 torch.sqrt(mean(diff**2)),
                 mean(diff.abs() / gt),
                 mean(sq_rel),
-                mean((torch.log10(gt) - torch.log10(p)).abs()),
+                mean(log_err.abs()) / math.log(10),  # |log10 gt - log10 p|
                 torch.sqrt(mean(log_err**2)),
                 100.0 * torch.sqrt((mean(log_err**2) - mean(log_err) ** 2).clamp(min=0.0)),
                 mean((ratio < 1.25).double()),

@@ -29,15 +29,23 @@ THRESHOLDS_DEG = (11.25, 22.5, 30.0)
 THRESHOLD_KEYS = ("a11_25", "a22_5", "a30")
 
 
+def _length(vectors: Tensor, dim: int) -> Tensor:
+    """Euclidean length of 3-vectors along `dim` (keepdim), from components: much faster than
+    `Tensor.norm(dim=1)` on NCHW tensors."""
+    x, y, z = vectors.unbind(dim)
+    return torch.sqrt(x * x + y * y + z * z).unsqueeze(dim)
+
+
 def angular_error_deg(pred: Tensor, target: Tensor, dim: int = 1) -> Tensor:
-    """Angles in degrees between the vectors along `dim`: 2 atan2(|a - b|, |a + b|), both normalised.
+    """Angles in degrees between the 3-vectors along `dim`: 2 atan2(|a - b|, |a + b|), both normalised.
 
     Zero vectors stay zero after normalisation (so a zero prediction scores 90 degrees against any
     unit target).
     """
-    a = pred / pred.norm(dim=dim, keepdim=True).clamp_min(torch.finfo(pred.dtype).tiny)
-    b = target / target.norm(dim=dim, keepdim=True).clamp_min(torch.finfo(target.dtype).tiny)
-    return torch.rad2deg(2.0 * torch.atan2((a - b).norm(dim=dim), (a + b).norm(dim=dim)))
+    a = pred / _length(pred, dim).clamp_min(torch.finfo(pred.dtype).tiny)
+    b = target / _length(target, dim).clamp_min(torch.finfo(target.dtype).tiny)
+    difference, total = _length(a - b, dim).squeeze(dim), _length(a + b, dim).squeeze(dim)
+    return torch.rad2deg(2.0 * torch.atan2(difference, total))
 
 
 class NormalsMeter(Meter):
@@ -84,7 +92,8 @@ class NormalsMeter(Meter):
         valid = (target != 0).any(dim=1)
         angles = torch.where(valid, angular_error_deg(pred, target, dim=1), 0.0)
         # invalid pixels go to one extra bin, dropped below (cheaper than masking them out)
-        bins = torch.where(valid, (angles / self.bin_width).long().clamp_(max=self.num_bins - 1), self.num_bins)
+        bins = (angles / self.bin_width).long().clamp_(max=self.num_bins - 1)
+        bins = torch.where(valid, bins, self.num_bins)
         self._state["histogram"] += torch.bincount(bins.reshape(-1), minlength=self.num_bins + 1)[:-1]
         self._state["sums"] += torch.stack([angles.sum(), (angles**2).sum()])
         below = [(valid & (angles < limit)).sum() for limit in THRESHOLDS_DEG]

@@ -1,0 +1,148 @@
+"""Training stages: resume after kill -9 and after SIGTERM (bitwise equal final weights), NaN
+handling, completed stages, refusing foreign checkpoints, user errors."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+
+import pytest
+import yaml
+
+from densepred.cli import main
+from densepred.config import load_params
+from densepred.engine.checkpoint import load_checkpoint
+from densepred.engine.train import NonFiniteLossError, train_job
+from engine_fixtures import (  # noqa: F401 (fixtures)
+    PoisonAt,
+    assert_bitwise_equal,
+    load_weights,
+    no_tracking,
+    read_log,
+    start_cli,
+    tiny_data,
+    tiny_params_file,
+    wait_for,
+)
+
+pytestmark = pytest.mark.usefixtures("no_tracking")
+
+# PolyMaX depth on Taskonomy with stochastic depth, so that resuming must restore the RNG exactly.
+JOB, STAGE = "polymax_depth", "pretrain"
+OVERRIDES = [f"jobs.{JOB}.model.drop_path_rate=0.3"]
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_data, tmp_path_factory):  # noqa: F811
+    """The params file and an uninterrupted reference run."""
+    folder = tmp_path_factory.mktemp("train")
+    path = tiny_params_file(tiny_data, folder)
+    params = load_params(path, OVERRIDES)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DENSEPRED_TRACKING", "off")
+        train_job(params, JOB, STAGE, folder / "reference")
+    return {"path": path, "params": params, "reference": folder / "reference"}
+
+
+def cli_args(setup, out) -> list[str]:
+    args = ["train", "--params", str(setup["path"]), "--job", JOB, "--stage", STAGE, "--out", str(out)]
+    return args + [a for o in OVERRIDES for a in ("--set", o)]
+
+
+def test_reference_run_outputs(setup):
+    ref = setup["reference"]
+    assert sorted(p.name for p in ref.iterdir()) == [
+        "checkpoints",
+        "config.yaml",
+        "final.pt",
+        "train_log.csv",
+    ]
+    assert [p.name for p in (ref / "checkpoints").iterdir()] == ["last.pt"]  # bounded: last + final
+    final = load_checkpoint(ref / "final.pt")
+    assert final["kind"] == "final" and final["step"] == 6 and "optimizer" not in final
+    assert final["meta"]["num_classes"] == 17 and final["meta"]["max_depth"] == 128.0
+    assert load_checkpoint(ref / "checkpoints" / "last.pt")["step"] == 4
+    config = yaml.safe_load((ref / "config.yaml").read_text())
+    assert config["seed"] == 0 and config["profile"] == "smoke" and config["git_commit"]
+    assert config["job_config"]["model"]["drop_path_rate"] == 0.3
+    rows = read_log(ref / "train_log.csv")
+    assert [r["step"] for r in rows] == ["2", "4", "6"]
+    assert set(rows[0]) == {"step", "lr", "grad_norm", "total", "depth/charbonnier"}
+    assert float(rows[0]["total"]) == pytest.approx(float(rows[0]["depth/charbonnier"]))
+
+
+def test_resume_after_kill_9_is_bitwise_equal(setup, tmp_path):
+    out = tmp_path / "killed"
+    proc = start_cli(cli_args(setup, out), cwd=tmp_path)
+    wait_for(out / "checkpoints" / "last.pt", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "final.pt").exists(), "the run finished before it could be killed"
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] in (2, 4)
+    train_job(setup["params"], JOB, STAGE, out)  # the same command again resumes
+    assert_bitwise_equal(load_weights(out / "final.pt"), load_weights(setup["reference"] / "final.pt"))
+    assert read_log(out / "train_log.csv") == read_log(setup["reference"] / "train_log.csv")
+
+
+def test_sigterm_checkpoints_exits_143_and_resumes(setup, tmp_path):
+    out = tmp_path / "terminated"
+    proc = start_cli(cli_args(setup, out), cwd=tmp_path)
+    wait_for(out / "checkpoints" / "last.pt", proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(120) == 143
+    assert 2 <= load_checkpoint(out / "checkpoints" / "last.pt")["step"] < 6  # the step it stopped at
+    assert not (out / "final.pt").exists()
+    assert main(cli_args(setup, out)) == 0
+    assert_bitwise_equal(load_weights(out / "final.pt"), load_weights(setup["reference"] / "final.pt"))
+
+
+def test_completed_stage_is_not_rerun(setup):
+    final = setup["reference"] / "final.pt"
+    before = final.stat().st_mtime_ns
+    assert train_job(setup["params"], JOB, STAGE, setup["reference"]) == final
+    assert final.stat().st_mtime_ns == before
+
+
+def test_checkpoint_of_another_run_is_refused(setup, tmp_path):
+    out = tmp_path / "other"
+    (out / "checkpoints").mkdir(parents=True)
+    shutil.copy(setup["reference"] / "checkpoints" / "last.pt", out / "checkpoints" / "last.pt")
+    params = load_params(setup["path"], [*OVERRIDES, "seed=1"])
+    with pytest.raises(ValueError, match=r"belongs to a different run \(seed: checkpoint 0 vs now 1\)"):
+        train_job(params, JOB, STAGE, out)
+
+
+def test_nan_loss_stops_with_step_and_term_and_keeps_last_good_checkpoint(
+    setup, tmp_path, monkeypatch, capsys
+):
+    import densepred.engine.train as train_module
+
+    real = train_module.build_criterion
+    monkeypatch.setattr(
+        train_module, "build_criterion", lambda *a: PoisonAt(real(*a), 5, "depth/charbonnier")
+    )
+    out = tmp_path / "nan"
+    with pytest.raises(
+        NonFiniteLossError, match=r"step 5: non-finite loss term\(s\) depth/charbonnier=nan, total=nan"
+    ):
+        train_job(setup["params"], JOB, STAGE, out)
+    last = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert last["step"] == 4 and not (out / "final.pt").exists()
+    reference_last = load_checkpoint(setup["reference"] / "checkpoints" / "last.pt")
+    assert_bitwise_equal(last["model"], reference_last["model"])  # the good state, untouched
+    # Through the CLI: one clear line and exit status 2.
+    shutil.rmtree(out)
+    assert main(cli_args(setup, out)) == 2
+    err = capsys.readouterr().err
+    assert "densepred train: error: step 5: non-finite loss term(s) depth/charbonnier=nan" in err
+
+
+def test_user_errors(setup, tmp_path):
+    with pytest.raises(ValueError, match="job 'stl_depth' has no pretrain stage"):
+        train_job(setup["params"], "stl_depth", "pretrain", tmp_path / "x")
+    with pytest.raises(FileNotFoundError, match="--init checkpoint not found"):
+        train_job(setup["params"], JOB, "finetune", tmp_path / "y", init=tmp_path / "missing.pt")
+    params = load_params(setup["path"], ["datasets.nyud.prepared=/nonexistent/nyud"])
+    with pytest.raises(FileNotFoundError, match="run `densepred prepare --dataset nyud` first"):
+        train_job(params, "stl_depth", "finetune", tmp_path / "z")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "z" / "final.pt").exists()

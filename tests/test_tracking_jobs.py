@@ -1,0 +1,69 @@
+"""MLflow runs of real train and evaluate jobs: tags, per-step metrics, artifacts, final metrics; a
+stage resumed after a failure continues its run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from densepred.config import load_params
+from densepred.engine.evaluate import evaluate_job
+from densepred.engine.train import NonFiniteLossError, train_job
+from engine_fixtures import PoisonAt, tiny_data, tiny_params_file  # noqa: F401 (fixtures)
+
+JOB = "stl_depth"
+
+
+def test_train_and_evaluate_runs(tiny_data, tmp_path, monkeypatch):  # noqa: F811
+    from mlflow import MlflowClient
+
+    import densepred.engine.train as train_module
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("DENSEPRED_TRACKING", "on")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    overrides = [f"jobs.{JOB}.finetune.{k}={v}" for k, v in (("iterations", 3), ("log_every", 1))]
+    params = load_params(
+        tiny_params_file(tiny_data, tmp_path), [*overrides, f"jobs.{JOB}.finetune.checkpoint_every=1"]
+    )
+    out = tmp_path / "run"
+
+    real = train_module.build_criterion
+    monkeypatch.setattr(train_module, "build_criterion", lambda *a: PoisonAt(real(*a), 2, "total"))
+    with pytest.raises(NonFiniteLossError, match="step 2"):
+        train_job(params, JOB, "finetune", out)
+    run_id = json.loads((out / "tracking.json").read_text())["run_id"]
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_run(run_id).info.status == "FAILED"
+
+    monkeypatch.setattr(train_module, "build_criterion", real)
+    train_job(params, JOB, "finetune", out)  # resumes from step 1 and continues the same run
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert json.loads((out / "tracking.json").read_text())["run_id"] == run_id
+    tags = run.data.tags
+    assert (tags["job"], tags["stage"], tags["kind"], tags["model"]) == (
+        JOB,
+        "finetune",
+        "train",
+        "stl_baseline",
+    )
+    assert tags["tasks"] == "depth" and tags["backbone"] == "test_convnext" and tags["profile"] == "smoke"
+    assert run.data.params["job.finetune.iterations"] == "3"
+    for key in ("total", "lr", "images_per_s", "grad_norm"):
+        assert sorted(m.step for m in client.get_metric_history(run_id, key)) == [1, 2, 3], key
+    assert {a.path for a in client.list_artifacts(run_id)} == {"config.yaml", "train_log.csv"}
+
+    result = evaluate_job(params, JOB, out / "final.pt", tmp_path / "eval" / "metrics.json")
+    runs = client.search_runs(
+        [client.get_experiment_by_name(params.tracking.experiment).experiment_id], "tags.kind = 'evaluate'"
+    )
+    assert len(runs) == 1
+    evaluation = runs[0]
+    assert evaluation.data.metrics["depth_eigen/rms"] == pytest.approx(result["depth_eigen/rms"])
+    assert evaluation.data.metrics["depth_mtl/rms"] == pytest.approx(result["depth_mtl/rms"])
+    artifacts = {a.path for a in client.list_artifacts(evaluation.info.run_id)}
+    assert artifacts == {"metrics.json", "metrics_figures"}
+    figures = {a.path for a in client.list_artifacts(evaluation.info.run_id, "metrics_figures")}
+    assert figures == {"metrics_figures/prediction_000.png", "metrics_figures/prediction_001.png"}
