@@ -19,7 +19,7 @@ import yaml
 
 from conftest import ROOT, SMOKE, write_params
 
-NYUD = {"num_images": 12, "num_test": 4, "height": 48, "width": 64}
+NYUD = {"num_images": 12, "num_test": 5, "height": 48, "width": 64}
 TASKONOMY = {"buildings": 3, "views_per_building": 6, "size": 64}
 # Short stages with checkpoints and log rows every 2 steps; crops are multiples of the backbone stride.
 STAGE = {
@@ -34,7 +34,7 @@ STAGE = {
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> dict[str, Path]:
-    """Prepared tiny datasets: NYUD 12 images (8 train / 4 test) at 48x64, Taskonomy 3 x 6 views at 64."""
+    """Prepared tiny datasets: NYUD 12 images (7 train / 5 test) at 48x64, Taskonomy 3 x 6 views at 64."""
     from densepred.data.prepare import prepare_dataset
     from densepred.data.synthetic import synthesize_nyud, synthesize_taskonomy
 

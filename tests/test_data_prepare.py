@@ -188,3 +188,12 @@ def test_prepare_argument_errors(raw, tmp_path):
     with pytest.raises(ValueError, match="shard_size"):
         prepare_dataset("nyud", raw["official"], tmp_path / "o", shard_size=0)
     assert not (tmp_path / "o").exists()
+
+
+def test_parallel_decoding_gives_the_same_dataset(raw, prepared, tmp_path):
+    prepare_dataset("nyud", raw["official"], tmp_path / "parallel", shard_size=2, num_workers=2)
+    serial, parallel = ShardDataset(prepared["nyud"], "train"), ShardDataset(tmp_path / "parallel", "train")
+    assert parallel.ids == serial.ids
+    for i in range(len(serial)):
+        assert all(torch.equal(parallel[i][key], serial[i][key]) for key in KEYS)
+    assert json.loads((tmp_path / "parallel" / "stats.json").read_text()) == serial.stats

@@ -43,7 +43,7 @@ def test_same_command_twice_gives_the_same_metrics_json(tiny_data, tmp_path):  #
         assert isinstance(first[key], float), key
     assert {"edge/odsf", "edge/oisf", "edge/ap"} <= set(first)
     meta = first["meta"]
-    assert meta["num_images"] == 4 and meta["dataset"] == "nyud" and meta["split"] == "test"
+    assert meta["num_images"] == 5 and meta["dataset"] == "nyud" and meta["split"] == "test"
     assert meta["tasks"] == ["semseg", "depth", "normals", "edge"] and meta["model"] == "mtl_baseline"
     assert meta["input_size"] == [64, 64]  # 48x64 padded to a multiple of 32
     assert meta["params_m"] > 0 and meta["gflops"] == pytest.approx(2 * meta["gmacs"], rel=1e-4)
@@ -131,7 +131,7 @@ def test_finetuned_checkpoint_evaluates_on_nyud(semseg_runs, tmp_path):
         semseg_runs["params"], semseg_runs["job"], semseg_runs["finetune"], tmp_path / "m.json"
     )
     assert len([k for k in result if k.startswith("semseg/iou_per_class/")]) == 40
-    assert result["meta"]["num_images"] == 4 and 0.0 <= result["semseg/pixel_acc"] <= 100.0
+    assert result["meta"]["num_images"] == 5 and 0.0 <= result["semseg/pixel_acc"] <= 100.0
 
 
 def test_wrong_job_for_checkpoint_is_an_error(semseg_runs, tmp_path):

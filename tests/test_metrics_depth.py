@@ -54,6 +54,25 @@ def test_eigen_is_per_image_then_averaged():
     assert a["abs_rel"] == pytest.approx((0 + 0.5 + 0.25 + 0.25) / 4)
 
 
+def test_eigen_single_pixel_by_hand():
+    meter = DepthMeter("eigen")
+    meter.update(torch.tensor([[[4.0]]]), torch.tensor([[[8.0]]]))  # one (1,H,W) image, one pixel
+    assert meter.compute() == pytest.approx(
+        {
+            "rms": 4.0,
+            "abs_rel": 0.5,
+            "sq_rel": 2.0,  # 4^2 / 8
+            "log10": math.log10(2),
+            "log_rms": math.log(2),
+            "silog": 0.0,  # a single pixel has no scale-invariant error
+            "delta1": 0.0,  # ratio 2 is not below 1.25, 1.5625 or 1.953125
+            "delta2": 0.0,
+            "delta3": 0.0,
+        },
+        abs=1e-12,
+    )
+
+
 def test_mtl_is_one_global_pixel_pool():
     meter = DepthMeter("mtl")
     meter.update(*batch())

@@ -61,6 +61,7 @@ def test_train_and_evaluate_runs(tiny_data, tmp_path, monkeypatch):  # noqa: F81
     )
     assert len(runs) == 1
     evaluation = runs[0]
+    assert evaluation.data.tags["dataset"] == "nyud" and evaluation.data.tags["stage"] == "finetune"
     assert evaluation.data.metrics["depth_eigen/rms"] == pytest.approx(result["depth_eigen/rms"])
     assert evaluation.data.metrics["depth_mtl/rms"] == pytest.approx(result["depth_mtl/rms"])
     artifacts = {a.path for a in client.list_artifacts(evaluation.info.run_id)}

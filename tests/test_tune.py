@@ -37,13 +37,20 @@ def smoke(smoke_tree):
 
 def test_grid_expands_in_declared_order_with_readable_names():
     trials = tune.expand_trials(_sweep(grid={"model.num_clusters": [8, 16, 32, 64]}))
-    assert [t.variant for t in trials] == ["num_clusters_8", "num_clusters_16", "num_clusters_32", "num_clusters_64"]
+    assert [t.variant for t in trials] == [
+        "num_clusters_8",
+        "num_clusters_16",
+        "num_clusters_32",
+        "num_clusters_64",
+    ]
     assert trials[2].overrides == {"model.num_clusters": 32}
     assert trials[2].setting() == "num_clusters=32"
 
 
 def test_two_key_grid_is_the_cartesian_product():
-    trials = tune.expand_trials(_sweep(grid={"model.decoder_layers": [[1], [2, 2]], "model.width_mult": [0.5, 1.0]}))
+    trials = tune.expand_trials(
+        _sweep(grid={"model.decoder_layers": [[1], [2, 2]], "model.width_mult": [0.5, 1.0]})
+    )
     assert [t.variant for t in trials] == [
         "decoder_layers_1__width_mult_0.5",
         "decoder_layers_1__width_mult_1.0",
@@ -55,7 +62,9 @@ def test_two_key_grid_is_the_cartesian_product():
 
 
 def test_variants_crossed_with_grid_and_empty_variant_is_default():
-    sweep = _sweep(variants={"full": {}, "wo_ql": {"model.query_learning": False}}, grid={"model.num_scales": [1, 2]})
+    sweep = _sweep(
+        variants={"full": {}, "wo_ql": {"model.query_learning": False}}, grid={"model.num_scales": [1, 2]}
+    )
     trials = tune.expand_trials(sweep)
     assert [t.variant for t in trials] == [
         "full__num_scales_1",
@@ -73,10 +82,11 @@ def test_variants_crossed_with_grid_and_empty_variant_is_default():
         ({"variants": {"a/b": {}}}, "'a/b' must start"),
         ({"variants": {"x": {"model.k": 1}}, "grid": {"model.k": [1, 2]}}, "sets grid key(s) ['model.k']"),
         ({"grid": {"model.k": [1, "1"]}}, "both named 'k_1'"),
+        ({"grid": {"model.k": [1], "model.j": []}}, "no values for ['model.j']"),
     ],
 )
 def test_bad_sweep_definitions_are_refused(kw, needle):
-    with pytest.raises(ValueError, match="sweeps.s") as err:
+    with pytest.raises(ValueError, match=r"sweeps.s") as err:
         tune.expand_trials(_sweep(**kw), "s")
     assert needle in str(err.value)
 
@@ -101,7 +111,14 @@ def test_trial_params_typo_names_variant_and_key(smoke):
 
 def test_absolute_paths_rewrites_relative_paths_only(smoke, tmp_path):
     model = smoke.jobs["polymax_depth"].model.model_copy(update={"pretrained_file": Path("/w/x.pt")})
-    params = smoke.model_copy(update={"jobs": {**smoke.jobs, "polymax_depth": smoke.jobs["polymax_depth"].model_copy(update={"model": model})}})
+    params = smoke.model_copy(
+        update={
+            "jobs": {
+                **smoke.jobs,
+                "polymax_depth": smoke.jobs["polymax_depth"].model_copy(update={"model": model}),
+            }
+        }
+    )
     moved = tune.absolute_paths(params, tmp_path)
     assert moved.datasets["nyud"].prepared == tmp_path / "data/smoke/prepared/nyud"
     assert moved.paths.runs == tmp_path / "runs/smoke"
@@ -168,9 +185,9 @@ def test_check_resources_refuses_a_trial_bigger_than_the_cluster(monkeypatch):
     ray = pytest.importorskip("ray")
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
     tune._check_resources(_sweep(grid={"a": [1]}, resources={"cpu": 2, "gpu": 0}))
-    with pytest.raises(ValueError, match="cpu=4 .* Ray cluster has 2"):
+    with pytest.raises(ValueError, match=r"cpu=4 .* Ray cluster has 2"):
         tune._check_resources(_sweep(grid={"a": [1]}, resources={"cpu": 4}))
-    with pytest.raises(ValueError, match="gpu=0.5 .* Ray cluster has 0"):
+    with pytest.raises(ValueError, match=r"gpu=0.5 .* Ray cluster has 0"):
         tune._check_resources(_sweep(grid={"a": [1]}, resources={"gpu": 0.5}))
 
 
@@ -224,7 +241,7 @@ def test_run_trial_failure_leaves_no_result(tmp_path, smoke, monkeypatch):
 
 
 def test_trial_function_must_return_a_mapping():
-    with pytest.raises(TypeError, match="trial 'v'.*returned list"):
+    with pytest.raises(TypeError, match=r"trial 'v'.*returned list"):
         tune.numeric_metrics([1.0], "v")
 
 
@@ -254,7 +271,9 @@ def test_run_job_chain_trains_stages_in_order_and_evaluates_the_last(tmp_path, s
         return {"depth_eigen/rms": 0.4, "meta": {}}
 
     monkeypatch.setitem(sys.modules, "densepred.engine.train", types.SimpleNamespace(train_job=train_job))
-    monkeypatch.setitem(sys.modules, "densepred.engine.evaluate", types.SimpleNamespace(evaluate_job=evaluate_job))
+    monkeypatch.setitem(
+        sys.modules, "densepred.engine.evaluate", types.SimpleNamespace(evaluate_job=evaluate_job)
+    )
     metrics = tune.run_job_chain(smoke, "polymax_depth", tmp_path)
     assert calls == [
         ("train", "pretrain", tmp_path / "pretrain", None),
@@ -273,7 +292,14 @@ def test_run_job_chain_trains_stages_in_order_and_evaluates_the_last(tmp_path, s
 def test_summary_round_trips_with_stable_columns(tmp_path):
     frame = pd.DataFrame(
         [
-            {"variant": "b", "status": "ok", "attempts": 1, "error": "", "model.k": "8", "x/rms": 0.123456789},
+            {
+                "variant": "b",
+                "status": "ok",
+                "attempts": 1,
+                "error": "",
+                "model.k": "8",
+                "x/rms": 0.123456789,
+            },
             {"variant": "a", "status": "error", "attempts": 3, "error": "ValueError: no", "model.k": "16"},
         ]
     ).reindex(columns=["variant", "status", "attempts", "error", "model.k", "x/rms"])
@@ -308,14 +334,25 @@ def _write_summaries(params, root: Path, metrics) -> None:
         rows = []
         for i, trial in enumerate(trials):
             failed = i == len(trials) - 1
-            row = {"variant": trial.variant, "status": "error" if failed else "ok", "attempts": 1, "error": ""}
+            row = {
+                "variant": trial.variant,
+                "status": "error" if failed else "ok",
+                "attempts": 1,
+                "error": "",
+            }
             row.update({} if failed else metrics(name, trial.variant))
             rows.append(row)
         tune.write_summary(pd.DataFrame(rows), root / name / "summary.csv")
 
 
 def _all_metrics(sweep, variant):
-    return {"semseg/miou": 40.0, "depth_eigen/rms": 0.5, "depth_mtl/rms": 0.6, "normals/mean": 21.0, "edge/odsf": 70.0}
+    return {
+        "semseg/miou": 40.0,
+        "depth_eigen/rms": 0.5,
+        "depth_mtl/rms": 0.6,
+        "normals/mean": 21.0,
+        "edge/odsf": 70.0,
+    }
 
 
 def test_smoke_ablation_tables_have_one_row_per_setting(tmp_path, smoke):
@@ -330,7 +367,12 @@ def test_smoke_ablation_tables_have_one_row_per_setting(tmp_path, smoke):
     ]  # fmt: skip
     assert list(k["sweep"]) == ["mqt_queries"] * 6 + ["polymax_k"] * 4
     assert list(k["setting"][:2]) == ["num_queries=8", "num_queries=32"]
-    assert list(k["variant"][6:]) == ["num_clusters_8", "num_clusters_16", "num_clusters_32", "num_clusters_64"]
+    assert list(k["variant"][6:]) == [
+        "num_clusters_8",
+        "num_clusters_16",
+        "num_clusters_32",
+        "num_clusters_64",
+    ]
     assert k["status"].tolist().count("error") == 2 and math.isnan(k["miou_pct"][5])
     assert k["depth_rms_mtl"][0] == 0.6 and k["model"][6] == "polymax"
     components = pd.read_csv(tmp_path / "results/ablation_components.csv")
@@ -376,8 +418,8 @@ def test_summary_that_does_not_match_the_params_is_refused(tmp_path, smoke):
     path = tmp_path / "sweeps/polymax_k/summary.csv"
     frame = tune.read_summary(path)
     tune.write_summary(frame[frame["variant"] != "num_clusters_64"], path)
-    with pytest.raises(ValueError, match="do not match sweeps.polymax_k"):
+    with pytest.raises(ValueError, match=r"do not match sweeps.polymax_k"):
         ablation_table(smoke, "ablation_k", tmp_path / "sweeps")
     (tmp_path / "sweeps/polymax_k/summary.csv").unlink()
-    with pytest.raises(FileNotFoundError, match="polymax_k/summary.csv"):
+    with pytest.raises(FileNotFoundError, match=r"polymax_k/summary.csv"):
         write_ablation_tables(smoke, tmp_path / "sweeps", tmp_path / "results")

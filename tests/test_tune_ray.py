@@ -47,7 +47,12 @@ def _runs(markers: Path, variant: str) -> int:
 def test_failing_trial_is_retried_reported_and_the_sweep_completes(tmp_path, smoke_tree, monkeypatch):
     monkeypatch.setenv("DENSEPRED_TRACKING", "off")
     smoke_tree["sweeps"] = {
-        "k": {"job": "polymax_depth", "table": "ablation_k", "grid": {"model.num_clusters": [8, 32]}, "max_failures": 2}
+        "k": {
+            "job": "polymax_depth",
+            "table": "ablation_k",
+            "grid": {"model.num_clusters": [8, 32]},
+            "max_failures": 2,
+        }
     }
     params = load_params(write_params(smoke_tree, tmp_path / "p.yaml"))
     markers = tmp_path / "markers"
@@ -93,7 +98,12 @@ run_sweep(load_params(root / "p.yaml"), "k", root / "sweep", trial_fn=trial)
 
 
 def _start(root: Path) -> subprocess.Popen:
-    env = {**os.environ, "DENSEPRED_TRACKING": "off", "DENSEPRED_RAY_CPUS": "2", "PYTHONPATH": str(ROOT / "src")}
+    env = {
+        **os.environ,
+        "DENSEPRED_TRACKING": "off",
+        "DENSEPRED_RAY_CPUS": "2",
+        "PYTHONPATH": str(ROOT / "src"),
+    }
     with open(root / "log.txt", "a") as log:
         return subprocess.Popen(
             [sys.executable, str(root / "script.py"), str(root)],
@@ -109,7 +119,9 @@ def _wait_for(condition, proc: subprocess.Popen, root: Path, timeout: float = 18
     while not condition():
         if proc.poll() is not None or time.monotonic() > deadline:
             os.killpg(proc.pid, signal.SIGKILL)
-            raise AssertionError("sweep did not reach the expected point:\n" + (root / "log.txt").read_text()[-4000:])
+            raise AssertionError(
+                "sweep did not reach the expected point:\n" + (root / "log.txt").read_text()[-4000:]
+            )
         time.sleep(0.2)
 
 
@@ -126,7 +138,11 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, s
         "k": {
             "job": "polymax_depth",
             "table": "ablation_k",
-            "variants": {"a": {"model.num_clusters": 8}, "b": {"model.num_clusters": 16}, "c": {"model.num_clusters": 32}},
+            "variants": {
+                "a": {"model.num_clusters": 8},
+                "b": {"model.num_clusters": 16},
+                "c": {"model.num_clusters": 32},
+            },
             "max_concurrent": 1,  # a, then b, then c
         }
     }
@@ -164,7 +180,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, s
 
 
 def test_real_smoke_sweep_end_to_end(tmp_path, smoke_tree, monkeypatch):
-    """Two PolyMaX K settings through synth -> prepare -> pretrain -> finetune -> evaluate, a few steps each."""
+    """Two PolyMaX K settings: synth -> prepare -> pretrain -> finetune -> evaluate, a few steps each."""
     pytest.importorskip("densepred.engine.train")
     from densepred.cli import main
 
@@ -177,7 +193,9 @@ def test_real_smoke_sweep_end_to_end(tmp_path, smoke_tree, monkeypatch):
     for stage in ("pretrain", "finetune"):
         job[stage] = {**job[stage], "iterations": 3, "batch_size": 2, "crop": [64, 64], "checkpoint_every": 2}
     job["evaluate"] = {**job["evaluate"], "num_qualitative": 0}
-    smoke_tree["sweeps"] = {"k": {"job": "polymax_depth", "table": "ablation_k", "grid": {"model.num_clusters": [4, 8]}}}
+    smoke_tree["sweeps"] = {
+        "k": {"job": "polymax_depth", "table": "ablation_k", "grid": {"model.num_clusters": [4, 8]}}
+    }
     path = write_params(smoke_tree, tmp_path / "p.yaml")
     assert main(["synth", "--params", str(path), "--out", "data/smoke/raw"]) == 0
     for ds in ("nyud", "taskonomy"):

@@ -73,7 +73,8 @@ def _sweep_rows(
     found = list(summary["variant"])
     if sorted(found) != sorted(expected):
         raise ValueError(
-            f"{path}: variants {found} do not match sweeps.{sweep} in the params ({expected}); rerun the sweep"
+            f"{path}: variants {found} do not match sweeps.{sweep} in the params ({expected}); "
+            "rerun the sweep"
         )
     by_variant = summary.set_index("variant")
     rows = []

@@ -193,7 +193,9 @@ class EvalCfg(Strict):
     dataset: DatasetName = "nyud"
     split: str = "test"
     batch_size: int = Field(4, gt=0)
-    boundary_thresholds: int | list[float] = Field(101, description="count (evenly spaced) or list")
+    boundary_thresholds: int | list[float] = Field(
+        101, description="n: SEISM/HED set 0.001, k/(n-1) for k=1..n-2, 0.999; or an explicit list"
+    )
     eigen_crop: bool = Field(False, description="Eigen crop; only applies to 480x640 inputs")
     num_qualitative: int = Field(4, ge=0, description="prediction PNGs written")
 

@@ -120,6 +120,9 @@ def expand_trials(sweep: SweepCfg, name: str = "sweep") -> list[Trial]:
                 "letters, digits, '.', '_' and '-' (it names the trial folder)"
             )
     keys = list(sweep.grid)
+    empty = [k for k in keys if not sweep.grid[k]]
+    if empty:
+        raise ValueError(f"sweeps.{name}.grid: no values for {empty}")
     points = list(itertools.product(*(sweep.grid[k] for k in keys))) if keys else [()]
     trials: list[Trial] = []
     for variant, base in variants.items():
@@ -171,7 +174,9 @@ def absolute_paths(node: Any, base: Path) -> Any:
     if isinstance(node, Path):
         return node if node.is_absolute() else base / node
     if isinstance(node, BaseModel):
-        return node.model_copy(update={f: absolute_paths(getattr(node, f), base) for f in type(node).model_fields})
+        return node.model_copy(
+            update={f: absolute_paths(getattr(node, f), base) for f in type(node).model_fields}
+        )
     if isinstance(node, dict):
         return {k: absolute_paths(v, base) for k, v in node.items()}
     if isinstance(node, list | tuple):
@@ -262,7 +267,9 @@ def run_sweep(
     summary is then not written, and rerunning the same command resumes the sweep.
     """
     if sweep not in params.sweeps:
-        raise ParamsError(f"no sweep named {sweep!r} in profile {params.profile!r}; sweeps: {sorted(params.sweeps)}")
+        raise ParamsError(
+            f"no sweep named {sweep!r} in profile {params.profile!r}; sweeps: {sorted(params.sweeps)}"
+        )
     cfg = params.sweeps[sweep]
     trials = expand_trials(cfg, sweep)
     resolved = {t.variant: trial_params(params, cfg.job, t, f"sweeps.{sweep}") for t in trials}
@@ -304,11 +311,13 @@ def _load_state(
         try:
             state = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc}); remove {out} to start the sweep afresh") from None
+            raise ValueError(
+                f"{path}: not valid JSON ({exc}); remove {out} to start the sweep afresh"
+            ) from None
         if state.get("fingerprint") != digest or state.get("sweep") != sweep:
             raise ValueError(
-                f"{out} holds sweep {state.get('sweep')!r} run with different settings (fingerprint in {path}); "
-                f"its trials would not match. Remove {out} to rerun, or choose another --out"
+                f"{out} holds sweep {state.get('sweep')!r} run with different settings (fingerprint in "
+                f"{path}); its trials would not match. Remove {out} to rerun, or choose another --out"
             )
         return state
     state = {
@@ -378,9 +387,7 @@ def ray_session(num_cpus: int, env: Mapping[str, str]) -> Iterator[None]:
     if address:
         ray.init(address=address, **common)
     else:
-        ray.init(
-            num_cpus=num_cpus, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES, **common
-        )
+        ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES, **common)
     try:
         yield
     finally:
@@ -404,7 +411,9 @@ def _tuner(plan: _Plan, cfg: SweepCfg, storage: str, retry_errored: bool) -> Any
     """A new Tuner for the sweep, or the restored one when its experiment folder can be restored."""
     from ray import tune
 
-    trainable = tune.with_resources(_make_trainable(plan), {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
+    trainable = tune.with_resources(
+        _make_trainable(plan), {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}
+    )
     path = f"{storage}/{plan.sweep}"
     if tune.Tuner.can_restore(path):
         print(f"[tune {plan.sweep}] resuming the sweep saved in {path}", flush=True)
@@ -453,10 +462,14 @@ def run_trial(plan: _Plan, variant: str) -> dict[str, float]:
     with open(folder / ATTEMPTS_FILE, "a") as log:
         log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid={os.getpid()}\n")
     params = plan.params[variant]
-    with open(folder / LOG_FILE, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        with _trial_run(plan, variant, params, folder) as run:
-            metrics = numeric_metrics(plan.trial_fn(params, plan.job, folder), variant)
-            run.log_metrics(metrics)
+    with (
+        open(folder / LOG_FILE, "a") as log,
+        contextlib.redirect_stdout(log),
+        contextlib.redirect_stderr(log),
+        _trial_run(plan, variant, params, folder) as run,
+    ):
+        metrics = numeric_metrics(plan.trial_fn(params, plan.job, folder), variant)
+        run.log_metrics(metrics)
     record = {"variant": variant, "overrides": plan.trials[variant].overrides, "metrics": metrics}
     atomic_write_text(done, json.dumps(record, indent=2, sort_keys=True) + "\n")
     return metrics
@@ -465,11 +478,11 @@ def run_trial(plan: _Plan, variant: str) -> dict[str, float]:
 def numeric_metrics(metrics: Mapping[str, Any], variant: str = "?") -> dict[str, float]:
     """The numeric scalar entries of a trial's metrics (nested `meta` and other values dropped)."""
     if not isinstance(metrics, Mapping):
-        raise TypeError(f"trial {variant!r}: the trial function returned {type(metrics).__name__}, expected a dict")
+        raise TypeError(
+            f"trial {variant!r}: the trial function returned {type(metrics).__name__}, expected a dict"
+        )
     return {
-        str(k): float(v)
-        for k, v in metrics.items()
-        if isinstance(v, int | float) and not isinstance(v, bool)
+        str(k): float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)
     }
 
 
@@ -477,12 +490,16 @@ def numeric_metrics(metrics: Mapping[str, Any], variant: str = "?") -> dict[str,
 
 
 @contextlib.contextmanager
-def _parent_run(params: Params, sweep: str, cfg: SweepCfg, state: dict[str, Any], out: Path) -> Iterator[str | None]:
+def _parent_run(
+    params: Params, sweep: str, cfg: SweepCfg, state: dict[str, Any], out: Path
+) -> Iterator[str | None]:
     """The sweep-level MLflow run (reopened on resume); yields its id (None with tracking off)."""
     from densepred.tracking import start_run
 
     run_name = f"sweep-{sweep}"
-    with start_run(params, cfg.job, None, "sweep", run_id=state.get("parent_run_id"), run_name=run_name) as run:
+    with start_run(
+        params, cfg.job, None, "sweep", run_id=state.get("parent_run_id"), run_name=run_name
+    ) as run:
         if run.run_id and run.run_id != state.get("parent_run_id"):
             state["parent_run_id"] = run.run_id
             atomic_write_text(out / STATE_FILE, json.dumps(state, indent=2, sort_keys=True) + "\n")
@@ -515,7 +532,8 @@ def _trial_run(plan: _Plan, variant: str, params: Params, folder: Path) -> Itera
 
 
 def summarize(plan: _Plan, grid: Any) -> Any:
-    """One row per variant (declared order): status ok/error/unfinished, attempts, error, overrides, metrics."""
+    """One row per variant, in declared order: variant, status (ok, error or unfinished), attempts,
+    error, the overridden keys, then the metrics sorted by name."""
     import pandas as pd
 
     by_variant = {}
@@ -585,7 +603,9 @@ def read_summary(path: str | Path) -> Any:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"sweep summary not found: {path} (run `densepred tune` for that sweep first)")
+        raise FileNotFoundError(
+            f"sweep summary not found: {path} (run `densepred tune` for that sweep first)"
+        )
     return pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"variant": str, "error": str})
 
 

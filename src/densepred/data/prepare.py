@@ -102,7 +102,7 @@ def prepare_dataset(
         splits, stats, skipped = {}, {}, []
         for split, reader in readers.items():
             splits[split], stats[split], bad = _prepare_split(
-                reader, split, tmp, shard_size, num_workers, compression
+                dataset, reader, split, tmp, shard_size, num_workers, compression
             )
             skipped += bad
         report = _report(dataset, src, readers, splits, skipped, max_bad_fraction)
@@ -120,6 +120,7 @@ def prepare_dataset(
 
 
 def _prepare_split(
+    dataset: str,
     reader: NYUDv2 | Taskonomy,
     split: str,
     root: Path,
@@ -129,7 +130,7 @@ def _prepare_split(
 ) -> tuple[dict, dict, list[dict]]:
     """Shard one split; return its index entry, its statistics and its skipped samples."""
     writer = ShardWriter(root, split, TASKS, shard_size, compression)
-    accumulator = StatsAccumulator("nyud" if isinstance(reader, NYUDv2) else "taskonomy")
+    accumulator = StatsAccumulator(dataset)
     skipped = [{"split": split, "id": sample_id, "reason": reason} for sample_id, reason in reader.dropped]
     loader = DataLoader(_Guarded(reader), batch_size=None, num_workers=num_workers, collate_fn=_identity)
     for index, (sample, reason) in enumerate(loader):

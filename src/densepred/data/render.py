@@ -1,9 +1,10 @@
 """Vectorised ray casting of `scene.Scene` rooms into mutually consistent dense labels and RGB.
 
 One ray per pixel from a pinhole camera (NYU intrinsics scaled to the output size for NYUD). For each
-ray: the exit through the room box (slab method, always hit since the camera is inside), every
-furniture box (slab intersection broadcast over boxes x rays), then the argmin over surfaces. From
-the hit we read, for the same pixel and from the same geometry:
+ray: the exit through the room box (slab method over the three axes, always hit since the camera is
+inside), then every furniture box by the slab method, vectorised over the rays that can hit it (those
+inside the box's projected bounding rectangle), keeping the nearest hit: the argmin over surfaces.
+From the hit we read, for the same pixel and from the same geometry:
 - z-buffer depth (the ray parameter, since camera-frame directions have z = 1) and ray distance;
 - the surface normal (box face / room surface) rotated into the camera frame (x right, y down,
   z forward), facing the camera;

@@ -6,7 +6,9 @@ depth, normals, labels, edges and RGB agree physically. Writers follow data-form
 - NYUD-v2 "official": `nyu_depth_v2_labeled.mat` (MATLAB v7.3 = HDF5 with the 512-byte MATLAB
   header; arrays stored transposed: images (N,3,W,H) uint8, depths/rawDepths (N,W,H) float32 m,
   labels (N,W,H) uint16 raw 894-class ids, instances uint8, names/scenes/sceneTypes/raw file names as
-  cells of char references, accelData (4,N) float32), `splits.mat` (MATLAB v5, 1-based trainNdxs /
+  cells of char references (raw class names past the 40 our notes record are placeholders; no
+  reader needs them; `namesToIds` is an opaque MATLAB object and is not written), accelData (4,N)
+  float32, approximate angles from the camera pose), `splits.mat` (MATLAB v5, 1-based trainNdxs /
   testNdxs columns) and Eigen-style normals `normals_gt/{normals,masks}/NNNN.png` (0-based index).
 - NYUD-v2 "multitask" (ATRC/InvPT/MQTransformer): images/<id>.png, segmentation/<id>.png (0..40),
   depth/<id>.npy (float32 m, 0 on glass/mirrors), normals/<id>.png, edge/<id>.png {0,255},

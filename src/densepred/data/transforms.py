@@ -6,18 +6,22 @@ index), which makes augmentation independent of DataLoader workers and resumable
 
 Training (`TrainTransform`), in order:
 1. Random scale s ~ U(scale): image bilinear (antialiased when shrinking), label maps nearest.
-   Metric depth: depth_mode="keep" (default) keeps the metres unchanged, as the deeplab2 lineage
-   (kMaX-DeepLab / PolyMaX) does for its depth data: the scene is unchanged, the camera focal
-   length is what changes. depth_mode="divide" divides depth by s ("zooming in brings the scene
-   closer"), as MQTransformer's released data code (inherited from ATRC) does. Normals are unchanged
-   by an isotropic rescale either way.
+   Metric depth: depth_mode="keep" (default) keeps the metres unchanged, the common choice in
+   depth codebases: the scene is the same, only the apparent focal length changes (so the
+   image-to-depth mapping is perturbed, which is the point of the augmentation). depth_mode="divide"
+   divides depth by s ("zooming in brings the scene closer", which keeps that mapping consistent),
+   as MQTransformer's released data code (inherited from ATRC) does. PolyMaX's own depth pipeline is
+   not public (deeplab2's public preprocessing has no depth path), so neither choice is attested
+   for it. Normals are unchanged by an isotropic rescale either way.
 2. Random crop of size `crop`; where the scaled image is smaller the window extends past it and is
    filled with ignore values: semseg 255, depth 0, normals zero vector, edge 0, image the ImageNet
    mean (0 after the usual normalisation, as deeplab2's mean-pixel padding). Optional
    `cat_max_ratio` (MQTransformer/ATRC: 0.75): up to 10 windows are drawn until the largest class
    covers less than that share of the labelled pixels.
-3. Photometric jitter on the image only (mmseg-style): brightness +-32/255, contrast and saturation
-   x U(0.5, 1.5), hue rotation up to +-18 degrees, each with probability 1/2, contrast first or last.
+3. Photometric jitter on the image only (mmseg-style, as MQTransformer/ATRC): brightness +-32/255,
+   contrast and saturation x U(0.5, 1.5), hue rotation up to +-36 degrees (mmseg's +-18 on OpenCV's
+   0..180 hue scale; done as a rotation of the YIQ chroma plane), each with probability 1/2,
+   contrast first or last with equal odds.
 4. Horizontal flip with probability 1/2; the x component of normals is negated.
 
 Evaluation (`EvalTransform`): the full image, padded at the bottom/right to a multiple of
@@ -191,7 +195,7 @@ def photometric_jitter(image: torch.Tensor, rng: np.random.Generator) -> torch.T
     brightness = rng.uniform(-32 / 255, 32 / 255)
     contrast = rng.uniform(0.5, 1.5)
     saturation = rng.uniform(0.5, 1.5)
-    hue = math.radians(rng.uniform(-18.0, 18.0))
+    hue = math.radians(rng.uniform(-36.0, 36.0))
     contrast_first = rng.random() < 0.5
     out = image.clone()
     if draws[0] < 0.5:

@@ -266,17 +266,24 @@ def _evaluate(
         figures = figures_dir(out_json)
         write_figures(model, data, eval_cfg.num_qualitative, figures, meta, ds_name)
         atomic_write_json(out_json, result)  # last: its existence means the evaluation is complete
-        _track(params, job, meta, out_json, figures, metrics)
+        _track(params, job, meta, result["meta"], out_json, figures, metrics)
         print(f"[{job}/evaluate] {ds_name}/{eval_cfg.split}: {total} images -> {out_json}", flush=True)
     dist_utils.barrier(env)
     return result
 
 
 def _track(
-    params: Params, job: str, meta: dict[str, Any], out_json: Path, figures: Path, metrics: dict[str, Any]
+    params: Params,
+    job: str,
+    meta: dict[str, Any],
+    result_meta: dict[str, Any],
+    out_json: Path,
+    figures: Path,
+    metrics: dict[str, Any],
 ) -> None:
     """One MLflow run: final metrics, the metrics JSON and the figures as artifacts."""
     with tracking.start_run(params, job, meta["stage"], "evaluate") as run:
+        run.set_tags({"dataset": result_meta["dataset"], "checkpoint": result_meta["checkpoint"]})
         run.log_metrics({k: v for k, v in metrics.items() if v is not None and "/iou_per_class/" not in k})
         run.log_artifact(out_json)
         if figures.exists():

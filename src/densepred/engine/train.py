@@ -23,7 +23,10 @@ last good state. SIGTERM writes a checkpoint at the end of the current step and 
 Precision and speed: bf16 autocast on CUDA only (`runtime.amp`; the criteria compute in fp32),
 channels_last on CUDA (`runtime.channels_last`), optional `torch.compile` (`runtime.compile`).
 DDP under torchrun: `stage.batch_size` is the global batch, split evenly over the processes;
-BatchNorm becomes synchronised BatchNorm when there is more than one process (see distributed.py).
+BatchNorm becomes synchronised BatchNorm when there is more than one process (see distributed.py);
+rank 0 alone writes files and the MLflow run. Launch with
+
+    torchrun --nproc_per_node=N -m densepred.cli train --params P --job J --stage S --out DIR
 """
 
 from __future__ import annotations
@@ -73,7 +76,6 @@ from densepred.tasks import dataset_info
 
 STAGES = ("pretrain", "finetune")
 SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
-LOG_FIELDS = ("step", "lr", "images_per_s", "grad_norm")
 
 
 class NonFiniteLossError(FloatingPointError, ValueError):
@@ -282,7 +284,7 @@ class Window:
 
 @dataclass
 class Trainer:
-    """Everything one training stage holds; `run()` executes the loop from `step` to `total`."""
+    """Everything one training stage holds; `run_loop` trains from `step` to the stage's iterations."""
 
     params: Params
     job: str
@@ -405,7 +407,9 @@ def check_finite_losses(env: DistEnv, losses: Mapping[str, torch.Tensor], step: 
     """The loss terms as floats; raises NonFiniteLossError (on every rank) if any is NaN/inf on any rank."""
     if "total" not in losses:
         raise ValueError(f"the criterion returned no 'total' entry (keys {sorted(losses)})")
-    values = {k: float(v.detach()) for k, v in losses.items()}
+    keys = list(losses)
+    stacked = torch.stack([losses[k].detach().float().reshape(()) for k in keys])
+    values = dict(zip(keys, stacked.tolist()))  # one device sync for every term
     bad = {k: v for k, v in values.items() if not math.isfinite(v)}
     if dist_utils.any_rank(env, bool(bad)):
         per_rank = dist_utils.gather_objects(env, bad)

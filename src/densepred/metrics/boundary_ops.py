@@ -21,6 +21,13 @@ This module implements those steps from their published descriptions:
   neighbour (last row: east only; last column: south only; bottom-right corner: never).
 
 All functions take (N,H,W) tensors and work in float32, as the MATLAB/C code does (single precision).
+
+Behaviours kept on purpose because the published pipeline has them: on a perfectly horizontal ridge
+sign(-Oxy) = 0, so O = 0 and NMS compares along the ridge instead of across it (thinning still
+reduces the band to one line); seg2bmap marks both sides of a one-pixel GT line and thinning keeps
+the left/upper one, so the GT moves by one pixel (well inside NYUD's 7.7 px tolerance). Our reading
+of Lam et al.'s neighbour numbering: x1 = east (same row, next column), counter-clockwise, with
+"north" the previous row, as MATLAB displays images.
 """
 
 from __future__ import annotations

@@ -60,9 +60,12 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear resize (align_corners=False) in fp32, outside autocast."""
+    x = x.float()
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 class PolyMaX(nn.Module):
@@ -178,12 +181,16 @@ class PolyMaX(nn.Module):
         return features, final, layer_predictions
 
     def render(self, prediction: dict[str, torch.Tensor], size: Sequence[int]) -> torch.Tensor:
-        """The task output at resolution `size` from one head's mask logits and cluster values."""
-        logits, values = prediction["mask_logits"], prediction["cluster_values"]
+        """The task output at resolution `size` from one head's mask logits and cluster values (fp32)."""
+        logits, values = prediction["mask_logits"].float(), prediction["cluster_values"].float()
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            return self._render_fp32(logits, values, size)
+
+    def _render_fp32(self, logits: torch.Tensor, values: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         if self.task == "semseg":
             if self.semseg_inference == "mask":
                 return _resize(logits, size)
-            class_probs = torch.softmax(values.float(), dim=-1)[..., : self.num_classes]
+            class_probs = torch.softmax(values, dim=-1)[..., : self.num_classes]
             scores = torch.einsum("bkhw,bkc->bchw", cluster_probabilities(logits), class_probs)
             return _resize(torch.log(scores.clamp_min(1e-8)), size)
         probs = cluster_probabilities(logits)
