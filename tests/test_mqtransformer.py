@@ -248,7 +248,7 @@ PAPER_PARAMS_M = {  # MQTransformer Table II, 4 NYUD-v2 tasks
     [
         "swin_tiny_patch4_window7_224",
         "swin_small_patch4_window7_224",
-        pytest.param("swin_large_patch4_window7_224", marks=pytest.mark.slow),
+        "swin_large_patch4_window7_224",
     ],
 )
 def test_full_width_parameter_count_within_8_percent_of_table_ii(backbone):
@@ -256,3 +256,17 @@ def test_full_width_parameter_count_within_8_percent_of_table_ii(backbone):
         model = create_model("mqtransformer", tasks=TASKS, backbone=backbone, img_size=(448, 576))
     params_m = count_parameters(model) / 1e6
     assert abs(params_m / PAPER_PARAMS_M[backbone] - 1) < 0.08, params_m
+
+
+@pytest.mark.parametrize(
+    "overrides", [{"decoder_mixing": "attention"}, {"shared": False, "num_scales": 4, "fusion": "concat"}]
+)
+def test_variants_keep_images_independent(overrides):
+    """Unlike the released decoder (attention over the batch axis), no variant mixes images."""
+    model = build(**overrides).eval()
+    images = torch.rand(2, 3, 32, 40)
+    with torch.no_grad():
+        together = model(images)
+        alone = [model(images[i : i + 1]) for i in range(2)]
+    for task, pred in together.items():
+        torch.testing.assert_close(pred, torch.cat([a[task] for a in alone]), atol=1e-5, rtol=1e-4)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from densepred.losses import create_criterion
 from densepred.models import create_model
+from densepred.models.backbones import create_backbone
 from densepred.models.polymax import cluster_maps
+from densepred.models.polymax import model as polymax_model
 from densepred.models.polymax.pixel_decoder import AxialAttention, PixelDecoder
 from densepred.models.polymax.transformer_decoder import kmeans_update
 
@@ -55,24 +59,22 @@ def _check_prediction(
     ("backbone", "img_size"),
     [("resnet50", None), ("convnext_tiny", None), ("swin_tiny_patch4_window7_224", (64, 96))],
 )
-@pytest.mark.parametrize("task", TASKS)
-def test_shapes_and_ranges_on_paper_backbones(backbone, img_size, task):
-    torch.manual_seed(0)
-    model = create_model(
-        "polymax",
-        task=task,
-        backbone=backbone,
-        num_classes=40,
-        max_depth=10.0,
-        width_mult=0.125,
-        img_size=img_size,
-    )
+def test_shapes_and_ranges_on_paper_backbones(backbone, img_size, monkeypatch):
+    """Each task on each paper backbone; the backbone is built once and copied into the 3 models."""
+    built = create_backbone(backbone, img_size=img_size)
+    monkeypatch.setattr(polymax_model, "create_backbone", lambda *args, **kwargs: copy.deepcopy(built))
     image = torch.rand(2, 3, 64, 96)
-    model.eval()
-    with torch.no_grad():
-        out = model(image)
-    assert set(out) == {task}
-    _check_prediction(task, out[task], 2, 64, 96, 40, 10.0)
+    for task in TASKS:
+        torch.manual_seed(0)
+        model = create_model(
+            "polymax", task=task, backbone=backbone, num_classes=40, width_mult=0.125, img_size=img_size
+        )
+        assert model.backbone.channels == built.channels
+        model.eval()
+        with torch.no_grad():
+            out = model(image)
+        assert set(out) == {task}
+        _check_prediction(task, out[task], 2, 64, 96, 40, 10.0)
 
 
 @pytest.mark.parametrize("task", TASKS)
