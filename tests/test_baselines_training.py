@@ -66,6 +66,16 @@ def toy_batch(
 MODELS = list(SMOKE)
 
 
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Run on one intra-op thread, restored afterwards: at 32x32 smoke sizes extra threads only add
+    synchronisation, and on a loaded 2-core machine they make the overfit tests ~10x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_every_parameter_receives_a_finite_gradient(name):
     model = build(name, **NO_DROPOUT.get(name, {})).train()

@@ -19,6 +19,15 @@ C = 32  # smoke width used below
 HIDDEN = 8
 
 
+@pytest.fixture(autouse=True)
+def single_thread():
+    """One intra-op thread, restored afterwards: smoke-size tensors gain nothing from more."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def build(**overrides) -> torch.nn.Module:
     torch.manual_seed(0)
     kwargs = dict(tasks=TASKS, backbone=BACKBONE, embed_dim=C, head_channels=HIDDEN, num_queries=8)

@@ -45,13 +45,15 @@ def _runs(markers: Path, variant: str) -> int:
 
 
 def test_failing_trial_is_retried_reported_and_the_sweep_completes(tmp_path, smoke_tree, monkeypatch):
-    monkeypatch.setenv("DENSEPRED_TRACKING", "off")
+    """Also checks MLflow: a sweep-level parent run and one child run per trial, kept across retries."""
+    monkeypatch.setenv("DENSEPRED_TRACKING", "on")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     smoke_tree["sweeps"] = {
         "k": {
             "job": "polymax_depth",
             "table": "ablation_k",
             "grid": {"model.num_clusters": [8, 32]},
-            "max_failures": 2,
+            "max_failures": 1,
         }
     }
     params = load_params(write_params(smoke_tree, tmp_path / "p.yaml"))
@@ -63,18 +65,38 @@ def test_failing_trial_is_retried_reported_and_the_sweep_completes(tmp_path, smo
     frame = tune.run_sweep(params, "k", out, trial_fn=trial, num_cpus=2)
     assert list(frame["variant"]) == ["num_clusters_8", "num_clusters_32"]
     assert list(frame["status"]) == ["ok", "error"]
-    assert list(frame["attempts"]) == [1, 3]  # 1 try + max_failures retries
+    assert list(frame["attempts"]) == [1, 2]  # 1 try + max_failures retries
     assert frame["error"][1] == "ValueError: K=32 is not supported"
     assert frame["depth_eigen/rms"][0] == pytest.approx(0.125) and pd.isna(frame["depth_eigen/rms"][1])
-    assert (_runs(markers, "num_clusters_8"), _runs(markers, "num_clusters_32")) == (1, 3)
+    assert (_runs(markers, "num_clusters_8"), _runs(markers, "num_clusters_32")) == (1, 2)
     summary = (out / "summary.csv").read_text()
-    assert summary.splitlines()[2] == "num_clusters_32,error,3,ValueError: K=32 is not supported,32,"
+    assert summary.splitlines()[2] == "num_clusters_32,error,2,ValueError: K=32 is not supported,32,"
 
     # Rerunning a finished sweep restores it and runs nothing; failed trials stay reported.
     again = tune.run_sweep(params, "k", out, trial_fn=trial, num_cpus=2)
-    assert (_runs(markers, "num_clusters_8"), _runs(markers, "num_clusters_32")) == (1, 3)
+    assert (_runs(markers, "num_clusters_8"), _runs(markers, "num_clusters_32")) == (1, 2)
     pd.testing.assert_frame_equal(again, frame)
     assert (out / "summary.csv").read_text() == summary
+
+    runs = _mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", params.tracking.experiment)
+    sweep_runs = [r for r in runs if r.data.tags["kind"] == "sweep"]
+    assert len(sweep_runs) == 1 and sweep_runs[0].data.tags["sweep"] == "k"  # reopened on the rerun
+    trial_runs = {r.data.tags["variant"]: r for r in runs if r.data.tags["kind"] == "trial"}
+    assert sorted(trial_runs) == ["num_clusters_32", "num_clusters_8"] and len(runs) == 3  # one run per trial
+    for run in trial_runs.values():
+        assert run.data.tags["mlflow.parentRunId"] == sweep_runs[0].info.run_id
+        assert run.data.tags["sweep"] == "k" and run.data.tags["table"] == "ablation_k"
+    assert trial_runs["num_clusters_8"].info.status == "FINISHED"
+    assert trial_runs["num_clusters_8"].data.metrics["depth_eigen/rms"] == pytest.approx(0.125)
+    assert trial_runs["num_clusters_8"].data.params["override.model.num_clusters"] == "8"
+    assert trial_runs["num_clusters_32"].info.status == "FAILED"
+
+
+def _mlflow_runs(uri: str, experiment: str) -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    return client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
 
 
 SCRIPT = """
@@ -179,6 +201,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, s
     assert sorted(p.name for p in experiment.iterdir() if p.is_dir()) == ["a", "b", "c"]
 
 
+@pytest.mark.filterwarnings("ignore:prepare taskonomy. skipped")  # synth plants corrupt files on purpose
 def test_real_smoke_sweep_end_to_end(tmp_path, smoke_tree, monkeypatch):
     """Two PolyMaX K settings: synth -> prepare -> pretrain -> finetune -> evaluate, a few steps each."""
     pytest.importorskip("densepred.engine.train")

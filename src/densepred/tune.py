@@ -299,6 +299,8 @@ def run_sweep(
                 f"rerun the same command to resume from {storage}/{sweep}"
             )
         write_summary(frame, out / SUMMARY_FILE)
+    ok = int(frame["status"].eq("ok").sum())
+    print(f"[tune {sweep}] {ok}/{len(frame)} trials ok -> {out / SUMMARY_FILE}", flush=True)
     return frame
 
 

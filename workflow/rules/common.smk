@@ -41,10 +41,10 @@ def outputs_of(stage):
     return outs
 
 
-def shell_of(stage, prefix=""):
-    """The stage's command with its log; braces are escaped for Snakemake's formatter."""
-    command = stage.command.replace("{", "{{").replace("}", "}}")
-    return f"{prefix}{command} > {{log}} 2>&1"
+def params_of(stage):
+    """Rule params: the command (evaluated now, not at run time when the loop variable has moved on)
+    and the job settings whose change must rerun the stage."""
+    return {"command": stage.command, **stage.params}
 
 
 localrules:

@@ -11,11 +11,11 @@ for _stage in stages_of("synth", "prepare"):
         output:
             outputs_of(_stage),
         params:
-            **_stage.params,
+            **params_of(_stage),
         log:
             _stage.log,
         threads: _stage.threads
         resources:
             mem_mb=PARAMS.runtime.mem_mb,
         shell:
-            shell_of(_stage)
+            "{params.command} > {log} 2>&1"

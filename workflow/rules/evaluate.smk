@@ -11,11 +11,11 @@ for _stage in stages_of("evaluate"):
         output:
             outputs_of(_stage),
         params:
-            **_stage.params,
+            **params_of(_stage),
         log:
             _stage.log,
         threads: _stage.threads
         resources:
             **_stage.resources,
         shell:
-            shell_of(_stage, prefix="OMP_NUM_THREADS={threads} ")
+            "OMP_NUM_THREADS={threads} {params.command} > {log} 2>&1"

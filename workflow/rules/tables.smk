@@ -11,12 +11,12 @@ for _stage in stages_of("tables"):
         output:
             outputs_of(_stage),
         params:
-            **_stage.params,
+            **params_of(_stage),
         log:
             _stage.log,
         localrule: True
         shell:
-            shell_of(_stage)
+            "{params.command} > {log} 2>&1"
 
 
 rule results_all:

@@ -11,11 +11,11 @@ for _stage in stages_of("tune"):
         output:
             outputs_of(_stage),
         params:
-            **_stage.params,
+            **params_of(_stage),
         log:
             _stage.log,
         threads: workflow.cores
         resources:
             **_stage.resources,
         shell:
-            shell_of(_stage, prefix="DENSEPRED_RAY_CPUS={threads} ")
+            "DENSEPRED_RAY_CPUS={threads} {params.command} > {log} 2>&1"
