@@ -7,6 +7,7 @@ import shutil
 import signal
 
 import pytest
+import torch
 import yaml
 
 from densepred.cli import main
@@ -103,13 +104,26 @@ def test_completed_stage_is_not_rerun(setup):
     assert final.stat().st_mtime_ns == before
 
 
-def test_checkpoint_of_another_run_is_refused(setup, tmp_path):
+def test_checkpoint_of_another_job_is_refused(setup, tmp_path):
     out = tmp_path / "other"
     (out / "checkpoints").mkdir(parents=True)
     shutil.copy(setup["reference"] / "checkpoints" / "last.pt", out / "checkpoints" / "last.pt")
+    with pytest.raises(ValueError, match=r"belongs to another run \(job: checkpoint 'polymax_depth' vs now"):
+        train_job(setup["params"], "polymax_normals", STAGE, out)
+
+
+def test_edited_settings_retrain_instead_of_reusing(setup, tmp_path, capsys):
+    """After a params edit the same run folder is retrained (DVC keeps persist outputs; Snakemake
+    deletes only final.pt), never resumed from or returned as is."""
+    out = tmp_path / "edited"
+    shutil.copytree(setup["reference"], out)
     params = load_params(setup["path"], [*OVERRIDES, "seed=1"])
-    with pytest.raises(ValueError, match=r"belongs to a different run \(seed: checkpoint 0 vs now 1\)"):
-        train_job(params, JOB, STAGE, out)
+    train_job(params, JOB, STAGE, out)
+    assert "was written with other settings: retraining" in capsys.readouterr().out
+    final = load_checkpoint(out / "final.pt")
+    assert final["meta"]["seed"] == 1
+    reference = load_weights(setup["reference"] / "final.pt")
+    assert any(not torch.equal(final["model"][k], reference[k]) for k in reference)
 
 
 def test_nan_loss_stops_with_step_and_term_and_keeps_last_good_checkpoint(

@@ -30,8 +30,9 @@ Fault tolerance, in two layers:
   and the sweep completes.
 - An interrupted sweep (Ctrl-C, a killed job) is resumed by rerunning the same command: when
   `Tuner.can_restore(<storage>/<sweep>)` the experiment is restored (`Tuner.restore`,
-  unfinished trials resumed). A trial whose `result.json` exists reports it without running again,
-  so finished trials are never rerun, even when the driver died before Ray saved its state.
+  unfinished trials resumed). Ray saves its experiment state on Ctrl-C, but after a hard kill the
+  saved state can be up to `STATE_SYNC_S` seconds old; so a trial whose `result.json` exists reports
+  it without running again, and finished trials are never rerun, whatever Ray remembers.
 
 Where Ray runs: `RAY_ADDRESS` joins an existing cluster (then `out/` and the storage path must be on
 shared storage); otherwise a local Ray instance is started with `num_cpus` CPUs (argument, else
@@ -60,6 +61,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from pydantic import BaseModel
 
 from densepred.config import Params, ParamsError, SweepCfg, apply_override, project_root, validate
@@ -76,6 +78,7 @@ ATTEMPTS_FILE = "attempts.log"
 LOG_FILE = "log.txt"
 RUN_ID_FILE = "mlflow_run_id"
 OBJECT_STORE_BYTES = 128 * 1024**2  # trials exchange only small dicts; a small store starts faster
+STATE_SYNC_S = 10  # copy Ray's experiment state to the storage path at most this stale (Ray: 300 s)
 SUMMARY_COLUMNS = ["variant", "status", "attempts", "error"]
 MAX_ERROR_CHARS = 500
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -253,7 +256,7 @@ def run_sweep(
     num_cpus: int | None = None,
     storage_path: str | Path | None = None,
     retry_errored: bool = False,
-) -> Any:
+) -> pd.DataFrame:
     """Run (or resume) the sweep `sweep` of `params` into `out`; returns the summary DataFrame.
 
     `trial_fn` replaces the real job chain (`run_job_chain`), e.g. by a cheap function in tests.
@@ -432,6 +435,7 @@ def _tuner(plan: _Plan, cfg: SweepCfg, storage: str, retry_errored: bool) -> Any
             name=plan.sweep,
             storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+            sync_config=tune.SyncConfig(sync_period=STATE_SYNC_S),
             verbose=0,
         ),
     )
@@ -533,11 +537,9 @@ def _trial_run(plan: _Plan, variant: str, params: Params, folder: Path) -> Itera
 # -------------------------------------------------------------------------------------------- summary
 
 
-def summarize(plan: _Plan, grid: Any) -> Any:
+def summarize(plan: _Plan, grid: Any) -> pd.DataFrame:
     """One row per variant, in declared order: variant, status (ok, error or unfinished), attempts,
     error, the overridden keys, then the metrics sorted by name."""
-    import pandas as pd
-
     by_variant = {}
     for result in grid:
         # A restored trial that had failed comes back without its config; its folder names it.
@@ -592,17 +594,15 @@ def _attempts(folder: Path) -> int:
     return len(path.read_text().splitlines()) if path.is_file() else 0
 
 
-def write_summary(frame: Any, path: Path) -> Path:
+def write_summary(frame: pd.DataFrame, path: Path) -> Path:
     """Write the summary CSV atomically with a fixed float format (byte-stable for DVC and git)."""
     with atomic_path(Path(path)) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6g", lineterminator="\n")
     return Path(path)
 
 
-def read_summary(path: str | Path) -> Any:
+def read_summary(path: str | Path) -> pd.DataFrame:
     """Read a sweep's summary CSV, with a clear error when it is missing."""
-    import pandas as pd
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(

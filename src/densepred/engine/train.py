@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 import math
 import signal
@@ -122,12 +123,38 @@ def checkpoint_meta(params: Params, job: str, stage: str, init: Path | None) -> 
         "iterations": scfg.iterations,
         "batch_size": scfg.batch_size,
         "init": str(init) if init else None,
+        "settings_hash": settings_hash(params, job, stage, init),
         "git_commit": tracking.git_commit(),
     }
 
 
+def settings_hash(params: Params, job: str, stage: str, init: Path | None) -> str:
+    """Fingerprint of everything that determines a stage's result: the job's model and tasks, the
+    stage settings, the seed, and the content of the --init checkpoint. A run folder whose
+    checkpoints carry another fingerprint is stale (its params changed) and is retrained."""
+    cfg = params.job(job)
+    settings = {
+        "model": cfg.model.model_dump(mode="json"),
+        "tasks": list(cfg.tasks),
+        "stage": stage_config(params, job, stage).model_dump(mode="json"),
+        "seed": params.seed,
+        "init": _file_digest(Path(init)) if init else None,
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 # Keys that must agree between a run folder's checkpoint and the command resuming it.
 RESUME_KEYS = ("job", "stage", "model", "tasks", "dataset", "seed", "iterations", "batch_size")
+# Keys naming what a run folder is for: a mismatch means the wrong folder, never reused or replaced.
+OWNER_KEYS = ("job", "stage")
 
 
 def check_resumable(ckpt_meta: Mapping[str, Any], meta: Mapping[str, Any], path: Path) -> None:
@@ -138,6 +165,26 @@ def check_resumable(ckpt_meta: Mapping[str, Any], meta: Mapping[str, Any], path:
         raise ValueError(
             f"{path} belongs to a different run ({detail}); use another --out folder or delete it"
         )
+
+
+def is_stale(ckpt_meta: Mapping[str, Any], meta: Mapping[str, Any], path: Path) -> bool:
+    """True when `path` is this job's and stage's checkpoint but from other settings (edited params,
+    new --init weights), so it must be retrained; raises when it belongs to another job or stage."""
+    wrong = [k for k in OWNER_KEYS if ckpt_meta.get(k) != meta.get(k)]
+    if wrong:
+        detail = "; ".join(f"{k}: checkpoint {ckpt_meta.get(k)!r} vs now {meta.get(k)!r}" for k in wrong)
+        raise ValueError(f"{path} belongs to another run ({detail}); use another --out folder")
+    return ckpt_meta.get("settings_hash") != meta.get("settings_hash")
+
+
+def discard_stale(out: Path, meta: Mapping[str, Any], job: str, stage: str) -> None:
+    """Remove final.pt / last.pt written under other settings, so the stage is retrained from scratch.
+
+    Snakemake deletes a stale final.pt itself, DVC (persist: true) does not; neither knows last.pt."""
+    for path in (out / "final.pt", out / "checkpoints" / "last.pt"):
+        if path.exists() and is_stale(load_checkpoint(path)["meta"], meta, path):
+            print(f"[{job}/{stage}] {path} was written with other settings: retraining", flush=True)
+            path.unlink()
 
 
 def resolved_config(params: Params, job: str, stage: str, init: Path | None, env: DistEnv) -> dict[str, Any]:
@@ -441,12 +488,13 @@ def train_job(params: Params, job: str, stage: str, out: Path, init: Path | None
     """
     out = Path(out)
     stage_config(params, job, stage)
-    final = out / "final.pt"
-    if final.exists():
-        print(f"[{job}/{stage}] {final} exists: stage already complete", flush=True)
-        return final
     if init is not None and not Path(init).is_file():
         raise FileNotFoundError(f"--init checkpoint not found: {init}")
+    discard_stale(out, checkpoint_meta(params, job, stage, init), job, stage)
+    final = out / "final.pt"
+    if final.exists():
+        print(f"[{job}/{stage}] {final} exists with the same settings: stage already complete", flush=True)
+        return final
     env = dist_utils.setup(params.runtime.device)
     try:
         with job_settings(params.runtime, env.device, params.seed):

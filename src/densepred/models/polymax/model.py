@@ -23,6 +23,11 @@ Choices where the paper is silent (each an option of `PolyMaX`):
 - `aux_semantic_head=None` -> on for semseg (kMaX's default for datasets other than Cityscapes).
 - `semseg_inference="mask"`: argmax of the probability map, as the paper describes; "mask_x_class"
   uses kMaX's sum_k p(class | k) m_k instead.
+- Depth/normal value heads: Linear-GELU-Linear MLPs on the class embedding (hidden = query width);
+  every kMaX layer has its own predictor and value head, so depth and normals get the same deep
+  supervision as kMaX's masks (their aux maps are rendered at input resolution for the loss).
+- `width_mult` scales every decoder/head width (256/128/2048 queries/keys/FFN, 512..64 pixel-decoder
+  filters), rounded to multiples of 8 so that 8 heads still divide them.
 Departures from deeplab2: input sizes multiple of 32 with align_corners=False (polymax-kmax.md §1.1),
 plain BatchNorm (convert with nn.SyncBatchNorm.convert_sync_batchnorm for DDP).
 """
@@ -110,8 +115,10 @@ class PolyMaX(nn.Module):
         def w(c: int) -> int:
             return scale_channels(c, width_mult)
 
+        # drop_path_rate is only passed when used, so backbones without stochastic depth still build.
+        backbone_kwargs = {"drop_path_rate": drop_path_rate} if drop_path_rate > 0 else {}
         self.backbone = create_backbone(
-            backbone, pretrained_file=pretrained_file, img_size=img_size, drop_path_rate=drop_path_rate
+            backbone, pretrained_file=pretrained_file, img_size=img_size, **backbone_kwargs
         )
         self.pixel_decoder = PixelDecoder(
             self.backbone.channels,
