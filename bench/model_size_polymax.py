@@ -41,8 +41,11 @@ def count_params(model: torch.nn.Module) -> tuple[int, int]:
 def count_macs(model: torch.nn.Module, size: tuple[int, int]) -> int:
     """Multiply-accumulates of one eval-mode forward pass on a (1,3,H,W) image."""
     model.eval()
+    # Frozen parameters instead of torch.no_grad(): FlopCounterMode's module tracker asserts on
+    # grad-mode tensors created under no_grad; with nothing requiring grad no graph is built either.
+    model.requires_grad_(False)
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
+    with counter:
         model(torch.rand(1, 3, *size))
     return counter.get_total_flops() // 2
 
@@ -85,7 +88,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="ConvNeXt-L depth only")
     parser.add_argument("--out", type=Path, default=None, help="CSV file to write (default: stdout only)")
     args = parser.parse_args(argv)
-    torch.set_grad_enabled(False)
     if args.quick:
         rows = polymax_size_rows(backbones=("convnext_large",), tasks=("depth",))
     else:

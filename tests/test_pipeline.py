@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import yaml
-from conftest import PAPER, ROOT, SMOKE
 
+from conftest import PAPER, ROOT, SMOKE
 from densepred.config import load_params
 from densepred.pipeline import build_stages, dvc_yaml
 
@@ -16,9 +16,7 @@ SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
 
 def _dry_run(*args: str) -> str:
-    result = subprocess.run(
-        [SNAKEMAKE, "-n", *args], cwd=ROOT, capture_output=True, text=True, check=False
-    )
+    result = subprocess.run([SNAKEMAKE, "-n", *args], cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout + result.stderr
 
@@ -26,7 +24,9 @@ def _dry_run(*args: str) -> str:
 def test_committed_dvc_yaml_is_generated_from_the_pipeline():
     committed = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     stages = build_stages(load_params(SMOKE), "params/smoke.yaml")
-    assert committed == dvc_yaml(stages, "params/smoke.yaml"), "run `densepred dvc --params params/smoke.yaml`"
+    assert committed == dvc_yaml(stages, "params/smoke.yaml"), (
+        "run `densepred dvc --params params/smoke.yaml`"
+    )
 
 
 def test_snakemake_rules_are_the_pipeline_stages():

@@ -141,14 +141,25 @@ def test_fingerprint_tracks_results_not_resources(smoke):
     assert digest(sweep, seed=1) != base
 
 
-def test_state_of_a_different_sweep_definition_is_refused(tmp_path):
-    state = tune._load_state(tmp_path, "s", "abc", "params/smoke.yaml", ["seed=1"])
+def test_outputs_of_a_changed_sweep_definition_are_set_aside(tmp_path, capsys):
+    state = tune._load_state(tmp_path, "s", "abc123456789x", "params/smoke.yaml", ["seed=1"])
     assert json.loads((tmp_path / "sweep.json").read_text()) == state
     assert state["overrides"] == ["seed=1"] and state["parent_run_id"] is None
-    assert tune._load_state(tmp_path, "s", "abc", None, ()) == state  # same definition: resumes
-    with pytest.raises(ValueError, match="different settings") as err:
-        tune._load_state(tmp_path, "s", "xyz", None, ())
-    assert f"Remove {tmp_path}" in str(err.value)
+    assert state["experiment"] == "s-abc12345"
+    assert tune._load_state(tmp_path, "s", "abc123456789x", None, ()) == state  # same definition: resumes
+    (tmp_path / "trials" / "v").mkdir(parents=True)
+    (tmp_path / "summary.csv").write_text("old")
+    new = tune._load_state(tmp_path, "s", "def", None, ())
+    assert new["fingerprint"] == "def" and new["experiment"] == "s-def"
+    stale = tmp_path / "stale" / "abc123456789-0"
+    assert sorted(p.name for p in stale.iterdir()) == ["summary.csv", "sweep.json", "trials"]
+    assert (stale / "trials" / "v").is_dir() and not (tmp_path / "trials").exists()
+    assert "moved to" in capsys.readouterr().out
+    tune._load_state(tmp_path, "s", "abc123456789x", None, ())  # back to the first definition
+    assert (tmp_path / "stale" / "def-0" / "sweep.json").is_file()
+    (tmp_path / "sweep.json").write_text("{broken")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        tune._load_state(tmp_path, "s", "abc123456789x", None, ())
 
 
 def test_ray_cpus_and_storage_resolution(tmp_path, monkeypatch):
@@ -198,6 +209,7 @@ def _plan(tmp_path, smoke, trial_fn) -> tune._Plan:
     trials = {t.variant: t for t in tune.expand_trials(_sweep(grid={"model.num_clusters": [8, 16]}))}
     return tune._Plan(
         sweep="s",
+        experiment="s-0",
         table="ablation_k",
         job="polymax_depth",
         trials_dir=tmp_path / "trials",

@@ -169,7 +169,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, s
         assert time.monotonic() < deadline, f"Ray worker {worker} outlived its raylet"
         time.sleep(0.2)
     assert not (tmp_path / "sweep" / "summary.csv").exists()
-    experiment = tmp_path / "sweep" / "ray" / "k"
+    (experiment,) = (tmp_path / "sweep" / "ray").glob("k-*")  # <sweep>-<fingerprint>
     from ray import tune as ray_tune
 
     assert ray_tune.Tuner.can_restore(str(experiment))

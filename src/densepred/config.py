@@ -249,6 +249,9 @@ class SweepCfg(Strict):
     table: str
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted key -> values")
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict, description="name -> overrides")
+    base: dict[str, Any] = Field(
+        default_factory=dict, description="overrides applied to every trial (e.g. a shorter schedule)"
+    )
     resources: TrialResources = TrialResources()
     max_failures: int = Field(1, ge=0, description="retries of a failing trial")
     max_concurrent: int | None = Field(None, gt=0)

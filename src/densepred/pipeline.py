@@ -35,8 +35,20 @@ _SOURCES = {
         "src/densepred/data",
         "src/densepred/figures.py",
     ],
-    "tune": ["src/densepred/tune.py", "src/densepred/engine", "src/densepred/models", "src/densepred/losses"],
-    "tables": ["src/densepred/tables.py", "src/densepred/reported.py", "src/densepred/figures.py"],
+    "tune": [
+        "src/densepred/tune.py",
+        "src/densepred/engine",
+        "src/densepred/models",
+        "src/densepred/losses",
+        "src/densepred/metrics",
+        "src/densepred/data",
+    ],
+    "tables": [
+        "src/densepred/tables.py",
+        "src/densepred/ablations.py",
+        "src/densepred/reported.py",
+        "src/densepred/figures.py",
+    ],
 }
 
 

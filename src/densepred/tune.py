@@ -10,9 +10,13 @@ Every setting becomes one trial with its own folder `out/trials/<variant>/` hold
 
 What `out/` holds:
 
-- `sweep.json`: the sweep's fingerprint (its settings and every trial's resolved job config) and the
-  MLflow parent run id. A rerun with a different definition is refused instead of mixing results.
-- `ray/<sweep>/`: Ray Tune's experiment folder (storage path, configurable for clusters).
+- `sweep.json`: the sweep's fingerprint (its settings and every trial's resolved job config), the
+  Ray experiment name `<sweep>-<fingerprint[:8]>` and the MLflow parent run id. When the definition
+  changed (a params edit, another `--set`), the previous outputs are moved to `stale/` and the sweep
+  starts afresh: trials of different settings are never mixed, and nothing is deleted.
+- `ray/<sweep>-<fingerprint[:8]>/`: Ray Tune's experiment folder (the storage path is configurable,
+  for shared storage on clusters; the fingerprint in the name keeps a changed sweep from restoring
+  a stale experiment there).
 - `trials/<variant>/`: the trial's stage outputs, `log.txt` (its stdout and stderr), `attempts.log`
   (one line per start), `result.json`.
 - `summary.csv`: one row per variant in declared order with stable columns (variant, status,
@@ -29,7 +33,7 @@ Fault tolerance, in two layers:
   stage's `checkpoints/last.pt`); if it still fails, its row says `status=error` with the message,
   and the sweep completes.
 - An interrupted sweep (Ctrl-C, a killed job) is resumed by rerunning the same command: when
-  `Tuner.can_restore(<storage>/<sweep>)` the experiment is restored (`Tuner.restore`,
+  `Tuner.can_restore(<storage>/<experiment>)` the experiment is restored (`Tuner.restore`,
   unfinished trials resumed). Ray saves its experiment state on Ctrl-C, but after a hard kill the
   saved state can be up to `STATE_SYNC_S` seconds old; so a trial whose `result.json` exists reports
   it without running again, and finished trials are never rerun, whatever Ray remembers.
@@ -73,11 +77,12 @@ PASSED_ENV = ("DENSEPRED_TRACKING", "DENSEPRED_DEBUG")  # forwarded to the trial
 STATE_FILE = "sweep.json"
 SUMMARY_FILE = "summary.csv"
 TRIALS_DIR = "trials"
+STALE_DIR = "stale"
 RESULT_FILE = "result.json"
 ATTEMPTS_FILE = "attempts.log"
 LOG_FILE = "log.txt"
 RUN_ID_FILE = "mlflow_run_id"
-OBJECT_STORE_BYTES = 128 * 1024**2  # trials exchange only small dicts; a small store starts faster
+OBJECT_STORE_BYTES = 128 * 1024**2  # trials exchange only small dicts; Ray would reserve 30% of RAM
 STATE_SYNC_S = 10  # copy Ray's experiment state to the storage path at most this stale (Ray: 300 s)
 SUMMARY_COLUMNS = ["variant", "status", "attempts", "error"]
 MAX_ERROR_CHARS = 500
@@ -135,7 +140,7 @@ def expand_trials(sweep: SweepCfg, name: str = "sweep") -> list[Trial]:
                 raise ValueError(f"sweeps.{name}: variant {variant!r} sets grid key(s) {clash}")
             grid_name = "__".join(f"{k.rsplit('.', 1)[-1]}_{_slug(v)}" for k, v in zip(keys, point))
             label = "__".join(x for x in (variant, grid_name) if x)
-            trials.append(Trial(label, {**base, **dict(zip(keys, point))}))
+            trials.append(Trial(label, {**sweep.base, **base, **dict(zip(keys, point))}))
     seen: set[str] = set()
     for trial in trials:
         if trial.variant in seen:
@@ -236,6 +241,7 @@ class _Plan:
     """Everything a trial needs; pickled once and shipped to the Ray workers."""
 
     sweep: str
+    experiment: str
     table: str
     job: str
     trials_dir: Path
@@ -283,6 +289,7 @@ def run_sweep(
     with _parent_run(params, sweep, cfg, state, out) as parent_id:
         plan = _Plan(
             sweep=sweep,
+            experiment=state["experiment"],
             table=cfg.table,
             job=cfg.job,
             trials_dir=out / TRIALS_DIR,
@@ -299,7 +306,7 @@ def run_sweep(
         if interrupted.any():
             raise SweepInterrupted(
                 f"sweep {sweep!r} stopped with unfinished trials {list(frame['variant'][interrupted])}; "
-                f"rerun the same command to resume from {storage}/{sweep}"
+                f"rerun the same command to resume from {storage}/{plan.experiment}"
             )
         write_summary(frame, out / SUMMARY_FILE)
     ok = int(frame["status"].eq("ok").sum())
@@ -310,7 +317,12 @@ def run_sweep(
 def _load_state(
     out: Path, sweep: str, digest: str, params_path: str | Path | None, overrides: Sequence[str]
 ) -> dict[str, Any]:
-    """Read `out/sweep.json`, or create it; refuse an `out` started by a different sweep definition."""
+    """Read `out/sweep.json` when it belongs to this sweep definition, else start a new one.
+
+    The outputs of a different definition (another fingerprint: changed settings, so its trials would
+    not match) are moved into `out/stale/<old fingerprint>-<n>/`, never mixed with the new trials
+    and never deleted.
+    """
     path = out / STATE_FILE
     if path.is_file():
         try:
@@ -319,14 +331,12 @@ def _load_state(
             raise ValueError(
                 f"{path}: not valid JSON ({exc}); remove {out} to start the sweep afresh"
             ) from None
-        if state.get("fingerprint") != digest or state.get("sweep") != sweep:
-            raise ValueError(
-                f"{out} holds sweep {state.get('sweep')!r} run with different settings (fingerprint in "
-                f"{path}); its trials would not match. Remove {out} to rerun, or choose another --out"
-            )
-        return state
+        if state.get("fingerprint") == digest and state.get("sweep") == sweep:
+            return state
+        _set_aside(out, str(state.get("fingerprint", "unknown")))
     state = {
         "sweep": sweep,
+        "experiment": f"{sweep}-{digest[:8]}",
         "fingerprint": digest,
         "params_path": str(params_path) if params_path else None,
         "overrides": list(overrides),
@@ -335,6 +345,24 @@ def _load_state(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(state, indent=2, sort_keys=True) + "\n")
     return state
+
+
+def _set_aside(out: Path, old_digest: str) -> Path:
+    """Move a previous definition's state, summary, trials and Ray folder into `out/stale/`."""
+    stale_root = out / STALE_DIR
+    stale_root.mkdir(parents=True, exist_ok=True)
+    n = 0
+    while (stale_root / f"{old_digest[:12]}-{n}").exists():
+        n += 1
+    stale = stale_root / f"{old_digest[:12]}-{n}"
+    stale.mkdir()
+    for name in (STATE_FILE, SUMMARY_FILE, TRIALS_DIR, "ray"):
+        if (out / name).exists():
+            os.replace(out / name, stale / name)
+    print(
+        f"[tune] the sweep settings changed since {out} was started; its outputs moved to {stale}", flush=True
+    )
+    return stale
 
 
 def _storage_path(out: Path, storage_path: str | Path | None) -> str:
@@ -419,7 +447,7 @@ def _tuner(plan: _Plan, cfg: SweepCfg, storage: str, retry_errored: bool) -> Any
     trainable = tune.with_resources(
         _make_trainable(plan), {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}
     )
-    path = f"{storage}/{plan.sweep}"
+    path = f"{storage}/{plan.experiment}"
     if tune.Tuner.can_restore(path):
         print(f"[tune {plan.sweep}] resuming the sweep saved in {path}", flush=True)
         return tune.Tuner.restore(
@@ -432,7 +460,7 @@ def _tuner(plan: _Plan, cfg: SweepCfg, storage: str, retry_errored: bool) -> Any
             max_concurrent_trials=cfg.max_concurrent, trial_dirname_creator=_trial_dirname
         ),
         run_config=tune.RunConfig(
-            name=plan.sweep,
+            name=plan.experiment,
             storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
             sync_config=tune.SyncConfig(sync_period=STATE_SYNC_S),

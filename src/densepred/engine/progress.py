@@ -41,7 +41,7 @@ class Progress:
         self.every = max(1, every)
         self.enabled = enabled
         self.stream = stream if stream is not None else sys.stderr
-        self.tty = self.stream.isatty() if tty is None else tty
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)()) if tty is None else tty
         self._t0 = time.perf_counter()
         self._bar = None
         if enabled and self.tty:
