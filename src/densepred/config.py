@@ -108,6 +108,9 @@ class PolyMaXCfg(ModelBase):
     decoder_layers: tuple[int, ...] = Field((2, 2, 2), min_length=1, max_length=3)
     pixel_decoder_depths: tuple[int, ...] | None = None
     drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    bn_momentum: float = Field(
+        0.01, gt=0.0, le=1.0, description="kMaX uses 0.01; short smoke schedules need ~0.1 for usable eval stats"
+    )
 
 
 class MQTransformerCfg(ModelBase):
