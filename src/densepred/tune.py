@@ -105,12 +105,14 @@ class Trial:
 
     variant: str
     overrides: dict[str, Any]
+    shared: tuple[str, ...] = ()  # keys of `overrides` that come from the sweep's `base` (every trial)
 
     def setting(self) -> str:
-        """Human-readable overrides, e.g. `num_queries=8`; `default` for none."""
-        if not self.overrides:
+        """Human-readable overrides that make this trial differ, e.g. `num_queries=8`; `default` for none."""
+        own = {k: v for k, v in self.overrides.items() if k not in self.shared}
+        if not own:
             return "default"
-        return ", ".join(f"{key.rsplit('.', 1)[-1]}={_text(v)}" for key, v in self.overrides.items())
+        return ", ".join(f"{key.rsplit('.', 1)[-1]}={_text(v)}" for key, v in own.items())
 
 
 def expand_trials(sweep: SweepCfg, name: str = "sweep") -> list[Trial]:
@@ -140,7 +142,9 @@ def expand_trials(sweep: SweepCfg, name: str = "sweep") -> list[Trial]:
                 raise ValueError(f"sweeps.{name}: variant {variant!r} sets grid key(s) {clash}")
             grid_name = "__".join(f"{k.rsplit('.', 1)[-1]}_{_slug(v)}" for k, v in zip(keys, point))
             label = "__".join(x for x in (variant, grid_name) if x)
-            trials.append(Trial(label, {**sweep.base, **base, **dict(zip(keys, point))}))
+            own = {**base, **dict(zip(keys, point))}
+            shared = tuple(k for k in sweep.base if k not in own)
+            trials.append(Trial(label, {**sweep.base, **own}, shared))
     seen: set[str] = set()
     for trial in trials:
         if trial.variant in seen:
