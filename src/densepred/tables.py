@@ -188,7 +188,8 @@ def plot_figure7(frame: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     panels = [c for c in ("miou_pct", "depth_rms", "normals_mean") if c in frame and frame[c].notna().any()]
-    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(4.2 * max(len(panels), 1), 3.4), squeeze=False)
+    n = max(len(panels), 1)
+    fig, axes = plt.subplots(1, n, figsize=(max(4.2 * n, 6.0), 3.6), squeeze=False)
     for ax, column in zip(axes[0], panels):
         for _, group in frame.groupby("job", sort=True):
             if group[column].notna().any():
@@ -198,7 +199,7 @@ def plot_figure7(frame: pd.DataFrame, path: Path) -> None:
         ax.set_ylabel(column)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("NYUD-v2 after pretraining on a share of Taskonomy (PolyMaX Fig. 7)")
+    fig.suptitle("NYUD-v2 after pretraining on a share of Taskonomy (PolyMaX Fig. 7)", fontsize=10)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
