@@ -109,7 +109,7 @@ class PolyMaXCfg(ModelBase):
     pixel_decoder_depths: tuple[int, ...] | None = None
     drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
     bn_momentum: float = Field(
-        0.01, gt=0.0, le=1.0, description="kMaX uses 0.01; short smoke schedules need ~0.1 for usable eval stats"
+        0.01, gt=0.0, le=1.0, description="kMaX: 0.01; short smoke schedules need ~0.1 for usable eval stats"
     )
 
 
