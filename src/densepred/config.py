@@ -23,8 +23,6 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from densepred.tasks import TASKS
-
 Task = Literal["semseg", "depth", "normals", "edge"]
 DatasetName = Literal["nyud", "taskonomy"]
 EXTENSION_PREFIX = "x-"
@@ -468,4 +466,4 @@ def project_root() -> Path:
     return here
 
 
-__all__ = ["TASKS", "JobCfg", "Params", "ParamsError", "StageCfg", "load_params", "validate"]
+__all__ = ["JobCfg", "Params", "ParamsError", "StageCfg", "load_params", "validate"]

@@ -288,7 +288,8 @@ class _Builder:
 
     def tables(self) -> None:
         evals = [s.outs[0] for s in self.stages if s.kind == "evaluate"]
-        figure8 = [figures_dir(eval_path(self.p, j, "nyud")) for j in self.p.jobs if j == "polymax_depth"]
+        fig8_job = figure8_job(self.p)
+        figure8 = [figures_dir(eval_path(self.p, fig8_job, "nyud"))] if fig8_job else []
         main = [e for e in evals if "/figure7/" not in e]
         t2 = [e for e in main if e.endswith("/nyud.json")]
         t3 = [e for e in main if e.endswith("/taskonomy.json")]
@@ -356,6 +357,17 @@ def synth_root(params: Params) -> str:
 def figures_dir(eval_json: str) -> str:
     """The folder of prediction figures written beside an evaluation JSON."""
     return str(Path(eval_json).with_suffix("")) + "_figures"
+
+
+def figure8_job(params: Params) -> str | None:
+    """The job whose cluster probability maps make Fig. 8: the first PolyMaX depth job (preferring
+    one of the Fig. 7 jobs); None when the profile has none."""
+    preferred = params.figure7.jobs if params.figure7 else []
+    for name in [*preferred, *params.jobs]:
+        job = params.jobs[name]
+        if job.model.name == "polymax" and job.tasks == ["depth"] and job.finetune is not None:
+            return name
+    return None
 
 
 def fraction_tag(fraction: float) -> str:

@@ -23,7 +23,7 @@ import pandas as pd
 
 from densepred.config import JobCfg, Params
 from densepred.io import atomic_path
-from densepred.pipeline import eval_path, figure7_eval_path, figures_dir
+from densepred.pipeline import eval_path, figure7_eval_path, figure8_job, figures_dir
 from densepred.reported import reported_table2, reported_table3
 
 # (column, metrics-JSON key, higher is better). Units: percent for mIoU / %<t / odsF.
@@ -129,13 +129,17 @@ def table2(params: Params) -> pd.DataFrame:
     """NYUD-v2 test results of every job that feeds table 2, with delta_m for multi-task jobs."""
     names = [n for n, j in params.jobs.items() if "table2" in j.tables and j.finetune is not None]
     rows = {n: metric_row(params, n, read_metrics(eval_path(params, n, "nyud")), "nyud") for n in names}
+    references = {r for j in params.jobs.values() for r in j.delta_m_refs.values()}
     for name, row in rows.items():
         job = params.jobs[name]
         refs = {}
         for task, ref_job in job.delta_m_refs.items():
-            ref_result = read_metrics(eval_path(params, ref_job, "nyud"))
-            refs[task] = metric_row(params, ref_job, ref_result, "nyud")
-        if name in {r for j in params.jobs.values() for r in j.delta_m_refs.values()}:
+            if ref_job not in rows:  # a reference outside table 2 is read on its own
+                rows_ref = read_metrics(eval_path(params, ref_job, "nyud"))
+                refs[task] = metric_row(params, ref_job, rows_ref, "nyud")
+            else:
+                refs[task] = rows[ref_job]
+        if name in references:
             row["delta_m_pct"] = 0.0  # a single-task reference is the baseline of delta_m
         else:
             row["delta_m_pct"] = delta_m(row, refs, job.tasks) if refs else math.nan
@@ -208,7 +212,10 @@ def plot_figure7(frame: pd.DataFrame, path: Path) -> None:
 
 def copy_figure8(params: Params, path: Path) -> None:
     """The PolyMaX depth model's cluster probability maps (Fig. 8 style), from its evaluation figures."""
-    folder = Path(figures_dir(eval_path(params, "polymax_depth", "nyud")))
+    job = figure8_job(params)
+    if job is None:
+        raise ValueError(f"profile {params.profile!r} has no PolyMaX depth job for the Fig. 8 maps")
+    folder = Path(figures_dir(eval_path(params, job, "nyud")))
     candidates = sorted(folder.glob("*cluster*.png")) if folder.is_dir() else []
     if not candidates:
         raise FileNotFoundError(f"no cluster probability-map figure under {folder}")

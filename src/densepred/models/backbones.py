@@ -44,26 +44,28 @@ class Backbone(nn.Module):
             kwargs["pretrained"] = False
         if img_size is not None and _takes_img_size(name):
             kwargs["img_size"] = tuple(img_size)
-        probe = timm.create_model(name, features_only=True, **kwargs)
-        reductions = probe.feature_info.reduction()
-        indices = [reductions.index(s) for s in STRIDES if s in reductions]
-        if len(indices) != len(STRIDES):
+        # One build with every feature level; the levels at strides 4..32 are picked in forward.
+        # (The module set is the same as with out_indices restricted to them: the stride-32 level
+        # is the last one either way.)
+        self.body = timm.create_model(name, features_only=True, **kwargs)
+        reductions = list(self.body.feature_info.reduction())
+        if not set(STRIDES) <= set(reductions):
             raise ValueError(
                 f"backbone {name!r} gives strides {reductions}; PolyMaX/MQTransformer need {STRIDES}"
             )
-        all_indices = list(range(len(reductions)))
-        out_indices = tuple(all_indices[i] for i in indices)
-        self.body = timm.create_model(name, features_only=True, out_indices=out_indices, **kwargs)
-        self.channels: list[int] = list(self.body.feature_info.channels())
-        self.strides: list[int] = list(self.body.feature_info.reduction())
+        self.levels = [reductions.index(s) for s in STRIDES]
+        all_channels = list(self.body.feature_info.channels())
+        self.channels: list[int] = [all_channels[i] for i in self.levels]
+        self.strides: list[int] = list(STRIDES)
         fmt = getattr(self.body, "output_fmt", "NCHW")
         self.channels_last_output = str(fmt) in ("NHWC", "Format.NHWC")
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        feats = self.body(x)
+        all_feats = self.body(x)
+        feats = [all_feats[i] for i in self.levels]
         if self.channels_last_output:
             feats = [f.permute(0, 3, 1, 2) for f in feats]
-        return list(feats)
+        return feats
 
 
 def _takes_img_size(name: str) -> bool:
