@@ -81,3 +81,18 @@ def test_trains_with_one_image_per_batch():
 def test_bad_options_raise_value_error(overrides):
     with pytest.raises(ValueError):
         build(**overrides)
+
+
+@pytest.mark.parametrize("activation", ["softplus", "sigmoid"])
+def test_depth_init_is_the_prediction_of_a_zeroed_head(activation):
+    model = build(tasks=["depth"], depth_activation=activation, depth_init=3.0, max_depth=10.0).eval()
+    with torch.no_grad():
+        model.heads["depth"].weight.zero_()
+        model.heads["depth"].bias.zero_()
+        depth = model(torch.rand(1, 3, 32, 32))["depth"]
+    torch.testing.assert_close(depth, torch.full_like(depth, 3.0))
+
+
+def test_depth_init_outside_the_depth_range_is_rejected():
+    with pytest.raises(ValueError, match="depth_init"):
+        build(tasks=["depth"], depth_activation="sigmoid", depth_init=12.0, max_depth=10.0)

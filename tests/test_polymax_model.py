@@ -318,3 +318,14 @@ def test_options_semseg_inference_and_input_norm():
     # log of a mixture of class probabilities: exp sums to at most 1 over classes.
     assert logits.shape == (1, 5, 64, 64)
     assert torch.all(logits.exp().sum(1) <= 1 + 1e-4)
+
+
+@pytest.mark.parametrize("activation", ["softplus", "sigmoid"])
+def test_depth_init_places_the_bins_of_a_zeroed_value_head(activation):
+    model = _tiny("depth", depth_activation=activation, depth_init=2.5)
+    head = model.predictor.value_head
+    with torch.no_grad():
+        head.mlp[-1].weight.zero_()
+        head.mlp[-1].bias.zero_()
+        bins = head(torch.randn(2, 4, head.mlp[0].in_features))
+    torch.testing.assert_close(bins, torch.full_like(bins, 2.5))

@@ -89,6 +89,9 @@ class ModelBase(Strict):
     pretrained_file: Path | None = Field(None, description="local timm weights; never fetched")
     img_size: tuple[int, int] | None = Field(None, description="input size for windowed backbones")
     width_mult: float = Field(1.0, gt=0.0, description="scales decoder widths (smoke profiles)")
+    depth_init: float | None = Field(
+        None, gt=0.0, description="metres an untrained depth head predicts (None: plain activation)"
+    )
 
     def create_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `create_model(self.name, ...)`; unset optionals are left out."""
@@ -108,6 +111,9 @@ class PolyMaXCfg(ModelBase):
     drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
     bn_momentum: float = Field(
         0.01, gt=0.0, le=1.0, description="kMaX: 0.01; short smoke schedules need ~0.1 for usable eval stats"
+    )
+    depth_activation: Literal["sigmoid", "softplus"] = Field(
+        "sigmoid", description="depth bins: sigmoid bounded by max_depth, or softplus (range-free)"
     )
 
 

@@ -32,12 +32,12 @@ from densepred.models.heads import (
     AddFusion,
     ConcatFusion,
     ConvHead,
-    TaskOutput,
     build_backbone,
     check_tasks,
     concat_pyramid,
     scaled,
     task_channels,
+    task_outputs,
 )
 from densepred.models.registry import register_model
 
@@ -94,6 +94,7 @@ class MultiTaskBaseline(nn.Module):
         pretrained_file: str | None = None,
         img_size: tuple[int, int] | None = None,
         depth_activation: str = "softplus",
+        depth_init: float | None = None,
         backbone_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
@@ -119,7 +120,7 @@ class MultiTaskBaseline(nn.Module):
                     hidden_channels if hidden_channels is not None else scaled(PROJECT_HIDDEN, width_mult)
                 )
                 self.heads[t] = ProjectTaskHead(channels, dim, hidden, out, fusion)
-        self.outputs = nn.ModuleDict({t: TaskOutput(t, max_depth, depth_activation) for t in self.tasks})
+        self.outputs = task_outputs(self.tasks, max_depth, depth_activation, depth_init)
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         if image.dim() != 4 or image.shape[1] != 3:

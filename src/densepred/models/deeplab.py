@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from densepred.models.heads import TaskOutput, build_backbone, check_tasks, resize, scaled, task_channels
+from densepred.models.heads import build_backbone, check_tasks, resize, scaled, task_channels, task_outputs
 from densepred.models.registry import register_model
 
 LOW_LEVEL_CHANNELS = 48  # DeepLabv3+ paper, Sec. 3.1
@@ -89,6 +89,7 @@ class DeepLabV3Plus(nn.Module):
         aspp_rates: Sequence[int] = (3, 6, 9),
         aspp_dropout: float = 0.1,
         depth_activation: str = "softplus",
+        depth_init: float | None = None,
         backbone_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
@@ -116,7 +117,7 @@ class DeepLabV3Plus(nn.Module):
         for head in self.heads.values():
             nn.init.normal_(head.weight, std=0.01)
             nn.init.zeros_(head.bias)
-        self.outputs = nn.ModuleDict({t: TaskOutput(t, max_depth, depth_activation) for t in self.tasks})
+        self.outputs = task_outputs(self.tasks, max_depth, depth_activation, depth_init)
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         if image.dim() != 4 or image.shape[1] != 3:

@@ -14,6 +14,7 @@ normals (B,3,H,W) unit vectors, edge logits (B,1,H,W), all at the input resoluti
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -28,6 +29,39 @@ from densepred.tasks import TASKS
 MIN_DEPTH = 1e-3
 
 DEPTH_ACTIVATIONS = ("softplus", "sigmoid")
+
+
+def depth_offset(activation: str, depth_init: float | None, min_depth: float, max_depth: float) -> float:
+    """The constant added to a raw depth value before its activation so that raw 0 gives `depth_init`.
+
+    A depth head whose last layer starts near zero predicts softplus(0) = 0.69 m (softplus) or
+    max_depth / 2 (sigmoid: 5 m on NYUD-v2, 64 m on Taskonomy) at initialisation. Adam moves a bias by
+    about the learning rate per step, so a short schedule spends most of its steps shifting that
+    constant towards the scene's typical depth. `depth_init` (metres) starts the head there instead;
+    None keeps the plain activation (offset 0), which is what the papers' heads do.
+    """
+    if activation not in DEPTH_ACTIVATIONS:
+        raise ValueError(f"depth_activation must be one of {list(DEPTH_ACTIVATIONS)}, got {activation!r}")
+    if depth_init is None:
+        return 0.0
+    if not min_depth < depth_init < max_depth:
+        raise ValueError(f"depth_init must lie in ({min_depth}, {max_depth}) m, got {depth_init}")
+    if activation == "softplus":
+        v = depth_init - min_depth
+        return v + math.log(-math.expm1(-v))  # inverse of softplus
+    p = (depth_init - min_depth) / (max_depth - min_depth)
+    return math.log(p / (1.0 - p))
+
+
+def positive_depth(
+    x: torch.Tensor, activation: str, min_depth: float, max_depth: float, offset: float = 0.0
+) -> torch.Tensor:
+    """Raw values -> metres: min + softplus(x + offset), or min + sigmoid(x + offset) * (max - min)."""
+    if offset:
+        x = x + offset
+    if activation == "softplus":
+        return min_depth + F.softplus(x)
+    return min_depth + torch.sigmoid(x) * (max_depth - min_depth)
 
 
 def check_tasks(tasks: Sequence[str]) -> list[str]:
@@ -130,36 +164,49 @@ class TaskOutput(nn.Module):
       identity for large x), and it does not depend on the dataset's depth range, so a Taskonomy
       (128 m) checkpoint finetunes on NYUD (10 m) unchanged. `"sigmoid"`: MIN_DEPTH + sigmoid(x) *
       (max_depth - MIN_DEPTH), the bounded head of ViP-DeepLab in deeplab2 (an option).
+      `depth_init` (metres, default None = off) shifts the raw value so that the untrained head
+      predicts that depth (`depth_offset`; a departure for short schedules, off in the paper profile).
     * normals: L2-normalised over channels, so they are unit vectors in train and eval mode (the
       released code normalises inside the loss and at evaluation; normalising twice is idempotent).
     """
 
-    def __init__(self, task: str, max_depth: float = 10.0, depth_activation: str = "softplus") -> None:
+    def __init__(
+        self,
+        task: str,
+        max_depth: float = 10.0,
+        depth_activation: str = "softplus",
+        depth_init: float | None = None,
+    ) -> None:
         super().__init__()
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; expected one of {list(TASKS)}")
-        if depth_activation not in DEPTH_ACTIVATIONS:
-            raise ValueError(
-                f"depth_activation must be one of {list(DEPTH_ACTIVATIONS)}, got {depth_activation!r}"
-            )
         if max_depth <= MIN_DEPTH:
             raise ValueError(f"max_depth must be > {MIN_DEPTH} m, got {max_depth}")
         self.task = task
         self.max_depth = float(max_depth)
         self.depth_activation = depth_activation
+        self.depth_offset = depth_offset(depth_activation, depth_init, MIN_DEPTH, self.max_depth)
 
     def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         x = resize(x, size)
         if self.task == "depth":
-            if self.depth_activation == "softplus":
-                return MIN_DEPTH + F.softplus(x)
-            return MIN_DEPTH + torch.sigmoid(x) * (self.max_depth - MIN_DEPTH)
+            return positive_depth(x, self.depth_activation, MIN_DEPTH, self.max_depth, self.depth_offset)
         if self.task == "normals":
             return F.normalize(x, dim=1, eps=1e-12)
         return x
 
     def extra_repr(self) -> str:
-        return f"task={self.task!r}, max_depth={self.max_depth}, depth_activation={self.depth_activation!r}"
+        return (
+            f"task={self.task!r}, max_depth={self.max_depth}, depth_activation={self.depth_activation!r}, "
+            f"depth_offset={self.depth_offset:.4g}"
+        )
+
+
+def task_outputs(
+    tasks: Sequence[str], max_depth: float, depth_activation: str, depth_init: float | None
+) -> nn.ModuleDict:
+    """One `TaskOutput` per task, keyed by task name."""
+    return nn.ModuleDict({t: TaskOutput(t, max_depth, depth_activation, depth_init) for t in tasks})
 
 
 class AddFusion(nn.Module):

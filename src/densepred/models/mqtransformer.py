@@ -69,11 +69,11 @@ from densepred.models.heads import (
     AddFusion,
     ConcatFusion,
     ConvHead,
-    TaskOutput,
     build_backbone,
     check_tasks,
     scaled,
     task_channels,
+    task_outputs,
 )
 from densepred.models.registry import register_model
 
@@ -304,6 +304,7 @@ class MQTransformer(nn.Module):
         drop_path: float = 0.1,
         attn_drop: float = 0.1,
         depth_activation: str = "softplus",
+        depth_init: float | None = None,
         freeze_queries: bool = False,
         backbone_kwargs: dict | None = None,
     ) -> None:
@@ -361,7 +362,7 @@ class MQTransformer(nn.Module):
         self.heads = nn.ModuleDict(
             {t: ConvHead(dim, hidden, task_channels(t, num_classes)) for t in self.tasks}
         )
-        self.outputs = nn.ModuleDict({t: TaskOutput(t, max_depth, depth_activation) for t in self.tasks})
+        self.outputs = task_outputs(self.tasks, max_depth, depth_activation, depth_init)
 
     def _key(self, task: str) -> str:
         return "shared" if self.shared else task

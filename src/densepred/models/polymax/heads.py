@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from densepred.models.heads import depth_offset, positive_depth
 from densepred.models.polymax.layers import (
     ConvBN,
     LinearBN,
@@ -28,8 +29,6 @@ from densepred.models.polymax.layers import (
     batch_norm_2d,
     trunc_normal_init,
 )
-
-DEPTH_ACTIVATIONS = ("sigmoid", "softplus")
 
 
 class PixelEmbeddingHead(nn.Module):
@@ -78,17 +77,23 @@ class DepthBinHead(nn.Module):
     activation="sigmoid" (default): b = min_depth + sigmoid(x) * (max_depth - min_depth), positive and
     bounded by the dataset's max depth (the parametrisation of deeplab2's ViP-DeepLab depth head).
     activation="softplus": b = min_depth + softplus(x), positive but unbounded. Both are our choices;
-    the paper does not state the parametrisation.
+    the paper does not state the parametrisation. `depth_init` (metres, None = off) shifts x so that
+    an untrained head puts its bins at that depth (`models.heads.depth_offset`).
     """
 
     def __init__(
-        self, dim: int, hidden: int, max_depth: float, min_depth: float = 1e-3, activation: str = "sigmoid"
+        self,
+        dim: int,
+        hidden: int,
+        max_depth: float,
+        min_depth: float = 1e-3,
+        activation: str = "sigmoid",
+        depth_init: float | None = None,
     ) -> None:
         super().__init__()
-        if activation not in DEPTH_ACTIVATIONS:
-            raise ValueError(f"depth_activation must be one of {DEPTH_ACTIVATIONS}, got {activation!r}")
         if not 0.0 <= min_depth < max_depth:
             raise ValueError(f"need 0 <= min_depth < max_depth, got {min_depth} and {max_depth}")
+        self.offset = depth_offset(activation, depth_init, min_depth, max_depth)
         self.mlp = _mlp(dim, hidden, 1)
         self.max_depth = float(max_depth)
         self.min_depth = float(min_depth)
@@ -97,9 +102,7 @@ class DepthBinHead(nn.Module):
     def forward(self, queries: torch.Tensor) -> torch.Tensor:
         """(B, K, D) -> (B, K) bin centres in metres (fp32)."""
         x = self.mlp(queries).float().squeeze(-1)
-        if self.activation == "sigmoid":
-            return self.min_depth + torch.sigmoid(x) * (self.max_depth - self.min_depth)
-        return self.min_depth + F.softplus(x)
+        return positive_depth(x, self.activation, self.min_depth, self.max_depth, self.offset)
 
 
 class NormalHead(nn.Module):

@@ -26,6 +26,8 @@ Choices where the paper is silent (each an option of `PolyMaX`):
 - Depth/normal value heads: Linear-GELU-Linear MLPs on the class embedding (hidden = query width);
   every kMaX layer has its own predictor and value head, so depth and normals get the same deep
   supervision as kMaX's masks (their aux maps are rendered at input resolution for the loss).
+- `depth_init=None`: metres an untrained depth head predicts (`models.heads.depth_offset`); off as in
+  the paper, for short schedules that would otherwise spend their steps moving the bins' scale.
 - `width_mult` scales every decoder/head width (256/128/2048 queries/keys/FFN, 512..64 pixel-decoder
   filters), rounded to multiples of 8 so that 8 heads still divide them.
 Departures from deeplab2: input sizes multiple of 32 with align_corners=False (polymax-kmax.md §1.1),
@@ -99,6 +101,7 @@ class PolyMaX(nn.Module):
         aux_semantic_head: bool | None = None,
         semseg_inference: str = "mask",
         bn_momentum: float = 0.01,
+        depth_init: float | None = None,
     ) -> None:
         super().__init__()
         self.task = task
@@ -130,7 +133,7 @@ class PolyMaX(nn.Module):
         dim, embed_dim, head_channels = w(256), w(128), w(256)
 
         def make_predictor(pixel_channels: int) -> ClusterPredictor:
-            value_head = self._make_value_head(dim, min_depth, depth_activation)
+            value_head = self._make_value_head(dim, min_depth, depth_activation, depth_init)
             return ClusterPredictor(pixel_channels, dim, head_channels, embed_dim, value_head)
 
         self.transformer_decoder = KMaXTransformerDecoder(
@@ -157,11 +160,15 @@ class PolyMaX(nn.Module):
             if module is not None:
                 set_bn_momentum(module, bn_momentum)
 
-    def _make_value_head(self, dim: int, min_depth: float, depth_activation: str) -> nn.Module:
+    def _make_value_head(
+        self, dim: int, min_depth: float, depth_activation: str, depth_init: float | None
+    ) -> nn.Module:
         if self.task == "semseg":
             return ClassHead(dim, self.num_classes)
         if self.task == "depth":
-            return DepthBinHead(dim, dim, self.max_depth, min_depth=min_depth, activation=depth_activation)
+            return DepthBinHead(
+                dim, dim, self.max_depth, min_depth, activation=depth_activation, depth_init=depth_init
+            )
         return NormalHead(dim, dim)
 
     # ----------------------------------------------------------------------------------- forward
@@ -310,7 +317,8 @@ def create_polymax(
         pretrained_file: local backbone weights (never downloaded); img_size: for Swin/ViT.
         drop_path_rate: backbone stochastic depth (linear rule; kMaX ConvNeXt-L uses 0.6).
         options: keyword options of `PolyMaX` (min_depth, depth_activation, decoder_drop_path_rate,
-            num_heads, axial_max_span, input_norm, aux_semantic_head, semseg_inference, bn_momentum).
+            num_heads, axial_max_span, input_norm, aux_semantic_head, semseg_inference, bn_momentum,
+            depth_init).
     """
     return PolyMaX(
         task,
