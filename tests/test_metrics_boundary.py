@@ -266,3 +266,82 @@ def test_update_equals_plain_per_threshold_loop():
         predicted[rows, best].sum(),
     ]
     assert state["ois"].tolist() == expected_ois
+
+
+def table_thin(maps: np.ndarray) -> np.ndarray:
+    """Reference thinning of (N,H,W) maps: the deletion tables applied to every pixel, as defined."""
+    from densepred.metrics.boundary_ops import _NEIGHBOURS, _thinning_tables
+
+    count, height, width = maps.shape
+    padded = np.zeros((count, height + 2, width + 2), dtype=np.int64)
+    padded[:, 1:-1, 1:-1] = maps
+    while True:
+        changed = False
+        for table in _thinning_tables():
+            code = sum(
+                padded[:, 1 + dr : 1 + dr + height, 1 + dc : 1 + dc + width] << bit
+                for bit, (dr, dc) in enumerate(_NEIGHBOURS)
+            )
+            doomed = table[code] & (padded[:, 1:-1, 1:-1] != 0)
+            padded[:, 1:-1, 1:-1][doomed] = 0
+            changed |= bool(doomed.any())
+        if not changed:
+            return padded[:, 1:-1, 1:-1].astype(bool)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"chunk_elements": 1000},
+        {"gt_boundary": "raw", "quantize": False},
+        {"nms": False, "thin_maps": False},
+        {"thresholds": 101},
+    ],
+)
+@pytest.mark.parametrize("seed", range(3))
+def test_update_equals_one_map_at_a_time_on_random_inputs(options, seed):
+    """The batched path (distinct maps only, bit-packed thinning, one matching pass) against the
+    plain definition: every (image, threshold) binarised, thinned and matched on its own."""
+    from scipy import ndimage
+
+    from densepred.metrics.boundary_matching import match_counts, tolerance_pixels
+    from densepred.metrics.boundary_ops import edge_nms, edge_orientation, seg2bmap
+
+    rng = np.random.default_rng(seed)
+    batch, height, width = 4, int(rng.integers(8, 40)), int(rng.integers(8, 40))
+    smooth = ndimage.gaussian_filter(rng.normal(0, 4, (batch, 1, height, width)), (0, 0, 1.5, 1.5))
+    logits = torch.from_numpy(smooth.astype(np.float32))
+    logits[1] = 0.3  # flat: plateaus that survive NMS
+    logits[2] = -20.0  # (almost) nothing above any threshold
+    gt = torch.from_numpy((rng.random((batch, 1, height, width)) < 0.08).astype(np.float32))
+    gt[3] = 0  # no ground truth
+    settings = {"thresholds": [0.001, 0.1, 0.3, 0.5, 0.57, 0.9, 0.999], "max_dist": 0.06, **options}
+    meter = BoundaryMeter(from_logits=True, **settings)
+    meter.update(logits, gt)
+
+    probs = torch.sigmoid(logits[:, 0])
+    if meter.quantize:
+        probs = torch.floor(probs * 255) / 255
+    edges = edge_nms(probs, edge_orientation(probs)) if meter.nms else probs
+    boundary = seg2bmap(gt[:, 0].to(torch.uint8)) if meter.gt_boundary == "seg2bmap" else gt[:, 0] != 0
+    gt_maps = table_thin(boundary.numpy()) if meter.thin_maps else boundary.numpy()
+    radius = tolerance_pixels(meter.max_dist, height, width)
+    levels = torch.tensor(meter.thresholds, dtype=torch.float32)
+    matched = np.zeros((batch, len(levels)), dtype=np.int64)
+    predicted = np.zeros_like(matched)
+    for b in range(batch):
+        maps = (edges[b][None] > levels.view(-1, 1, 1)).numpy()
+        if meter.thin_maps:
+            maps = table_thin(maps)
+        matched[b], predicted[b] = match_counts(maps, gt_maps[b], radius)
+    state = meter.state()
+    assert state["cnt_p"].tolist() == matched.sum(0).tolist()
+    assert state["sum_p"].tolist() == predicted.sum(0).tolist()
+    num_gt = gt_maps.reshape(batch, -1).sum(1)
+    assert state["sum_r"].tolist() == [int(num_gt.sum())] * len(levels)
+    precision, recall = image_precision_recall(matched, num_gt[:, None], matched, predicted)
+    best = np.argmax(f_measure(precision, recall), axis=1)
+    rows = np.arange(batch)
+    top = matched[rows, best].sum()
+    assert state["ois"].tolist() == [top, num_gt.sum(), top, predicted[rows, best].sum()]

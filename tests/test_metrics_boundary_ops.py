@@ -12,6 +12,7 @@ from scipy.optimize import linear_sum_assignment
 
 from densepred.metrics.boundary_matching import (
     BoundaryMatcher,
+    batch_match_counts,
     candidate_graph,
     disc_offsets,
     match_counts,
@@ -19,14 +20,20 @@ from densepred.metrics.boundary_matching import (
     tolerance_pixels,
 )
 from densepred.metrics.boundary_ops import (
+    _NEIGHBOURS,
     HED_THRESHOLDS,
+    _deletions,
+    _thinning_tables,
     boundary_thresholds,
     conv_tri,
     edge_nms,
     edge_orientation,
     gradient2,
+    pack_maps,
+    packed_pixels,
     seg2bmap,
     thin,
+    unpack_maps,
 )
 
 # ---------------------------------------------------------------------------------------------------
@@ -72,6 +79,33 @@ def reference_thin(image: np.ndarray) -> np.ndarray:
             changed |= bool(doomed)
         if not changed:
             return img.astype(bool)
+
+
+def table_thin(maps: np.ndarray) -> np.ndarray:
+    """Thinning of (N,H,W) maps by the deletion tables, re-examining every pixel in every subiteration."""
+    count, height, width = maps.shape
+    padded = np.zeros((count, height + 2, width + 2), dtype=np.int64)
+    padded[:, 1:-1, 1:-1] = maps
+    while True:
+        changed = False
+        for table in _thinning_tables():
+            code = sum(
+                padded[:, 1 + dr : 1 + dr + height, 1 + dc : 1 + dc + width] << bit
+                for bit, (dr, dc) in enumerate(_NEIGHBOURS)
+            )
+            doomed = table[code] & (padded[:, 1:-1, 1:-1] != 0)
+            padded[:, 1:-1, 1:-1][doomed] = 0
+            changed |= bool(doomed.any())
+        if not changed:
+            return padded[:, 1:-1, 1:-1].astype(bool)
+
+
+def random_blobs(rng: np.random.Generator, count: int, height: int, width: int) -> np.ndarray:
+    """(count,H,W) bool maps: smoothed noise cut at random quantiles (blobs, holes, lines, specks)."""
+    sigma = rng.uniform(0.3, 2.5)
+    noise = ndimage.gaussian_filter(rng.random((count, height, width)), (0, sigma, sigma))
+    cuts = np.quantile(noise.reshape(count, -1), rng.uniform(0.05, 0.95, count), axis=1).diagonal()
+    return noise > cuts[:, None, None]
 
 
 def reference_nms(
@@ -292,6 +326,68 @@ def test_thin_keeps_one_pixel_lines_and_thins_bars():
     assert np.array_equal(thinned.any(axis=1), np.array([0, 0, 0, 1, 0, 0, 0], dtype=bool))
 
 
+def test_thin_reexamines_pixels_whose_neighbour_goes_in_the_next_first_subiteration():
+    # an earlier incremental implementation re-examined only pixels next to deletions of the previous
+    # iteration and so missed a deletion in the second subiteration here (row 3 kept 3 pixels)
+    image = np.array(
+        [
+            [1, 1, 1, 1, 1, 0],
+            [1, 1, 1, 1, 1, 1],
+            [1, 1, 1, 1, 1, 1],
+            [1, 1, 1, 1, 1, 1],
+            [1, 1, 1, 0, 0, 1],
+            [1, 1, 1, 1, 1, 1],
+            [0, 1, 0, 1, 1, 1],
+        ],
+        dtype=bool,
+    )
+    expected = reference_thin(image)
+    assert expected[3].tolist() == [False, False, True, False, True, False]
+    assert np.array_equal(thin(torch.from_numpy(image)[None])[0].numpy(), expected)
+
+
+def test_bitwise_deletion_rule_equals_lookup_tables():
+    # all 256 neighbourhoods of an on-pixel, one 3x3 map each; the centre's deletion bit per table
+    codes = np.arange(256)
+    maps = np.zeros((256, 3, 3), dtype=bool)
+    maps[:, 1, 1] = True
+    for bit, (dr, dc) in enumerate(_NEIGHBOURS):
+        maps[:, 1 + dr, 1 + dc] = (codes >> bit) & 1
+    packed = pack_maps(torch.from_numpy(maps))
+    row = 3 + 2
+    offsets = [dr * row + dc for dr, dc in _NEIGHBOURS]
+    for second, table in enumerate(_thinning_tables()):
+        delete = _deletions(packed, 1 + row, 3 * row, offsets, bool(second))
+        centre = unpack_maps(torch.nn.functional.pad(delete, (1 + row, 1 + row)), 256, 3, 3)[:, 1, 1]
+        assert np.array_equal(centre.numpy(), table)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_thin_matches_table_reference_on_random_maps(seed):
+    rng = np.random.default_rng(seed)
+    height, width = (int(v) for v in rng.integers(1, 48, 2))
+    maps = random_blobs(rng, int(rng.integers(1, 30)), height, width)  # counts not a multiple of 8 too
+    maps[0] = rng.random((height, width)) < 0.5  # salt and pepper
+    got = thin(torch.from_numpy(maps)).numpy()
+    assert np.array_equal(got, table_thin(maps))
+    for image, result in zip(maps[:2], got[:2]):
+        assert np.array_equal(result, reference_thin(image))  # the table reference itself
+
+
+def test_packed_maps_round_trip_and_list_pixels_in_raster_order():
+    rng = np.random.default_rng(7)
+    maps = rng.random((13, 5, 7)) < 0.3
+    packed = pack_maps(torch.from_numpy(maps))
+    assert packed.shape[0] == 2
+    assert np.array_equal(unpack_maps(packed, 13, 5, 7).numpy(), maps)
+    index, row, col = (v.numpy() for v in packed_pixels(packed, 5, 7))
+    assert sorted(zip(index, row, col)) == [tuple(v) for v in np.argwhere(maps)]
+    for k in range(13):
+        raster = row[index == k] * 7 + col[index == k]
+        assert np.all(np.diff(raster) > 0)
+    assert len(thin(torch.zeros(0, 4, 4, dtype=torch.bool))) == 0
+
+
 def test_seg2bmap_hand_case():
     labels = torch.zeros(1, 3, 3, dtype=torch.uint8)
     labels[0, 1, 1] = 1
@@ -379,3 +475,57 @@ def test_brute_force_reference_sanity():
     assert brute_force_matching([(0, 0), (0, 1)], [(0, 0)], 1.0) == 1
     assert brute_force_matching([(0, 0), (0, 1)], [(0, 0), (1, 1)], 1.0) == 2
     assert brute_force_matching([(0, 0), (0, 1)], [(0, 1)], 0.5) == 1
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_batch_match_counts_equals_one_matcher_per_map(seed):
+    rng = np.random.default_rng(10 + seed)
+    batch, height, width = 3, int(rng.integers(6, 30)), int(rng.integers(6, 30))
+    gt = np.stack(
+        [random_blobs(rng, 1, height, width)[0] & (rng.random((height, width)) < 0.6) for _ in range(3)]
+    )
+    gt[2] = False  # an image without ground truth
+    maps, owners = [], []
+    for image in range(batch):
+        for density in (0.02, 0.15, 0.5):  # few and many pixels
+            maps.append(rng.random((height, width)) < density)
+            owners.append(image)
+        maps.append(maps[-1])  # a repeated map: its count is reused
+        owners.append(image)
+    maps.append(np.zeros((height, width), dtype=bool))  # an empty map
+    owners.append(1)
+    radius = float(rng.uniform(0.8, 3.5))
+    for order in (np.arange(len(maps)), rng.permutation(len(maps))):  # a map's image may recur anywhere
+        maps, map_image = np.stack(maps)[order], np.array(owners)[order]
+        got = batch_match_counts(gt, map_image, *np.nonzero(maps), radius)
+        expected = [
+            max_matching_size(candidate_graph(np.argwhere(pred), gt[image], radius))
+            for pred, image in zip(maps, map_image)
+        ]
+        assert got.tolist() == expected
+        maps, owners = list(maps), list(map_image)
+    for pred, image, count in zip(maps, map_image, got):
+        assert BoundaryMatcher(gt[image], pred, radius).count(pred) == (count, int(pred.sum()))
+
+
+def test_batch_match_counts_equals_brute_force_on_tiny_maps():
+    rng = np.random.default_rng(11)
+    gt = rng.random((4, 5, 6)) < 0.2
+    maps = rng.random((8, 5, 6)) < 0.2
+    map_image = np.repeat(np.arange(4), 2)
+    got = batch_match_counts(gt, map_image, *np.nonzero(maps), 1.5)
+    for pred, image, count in zip(maps, map_image, got):
+        pred_rc = [tuple(p) for p in np.argwhere(pred)]
+        gt_rc = [tuple(g) for g in np.argwhere(gt[image])]
+        assert count == brute_force_matching(pred_rc, gt_rc, 1.5)
+    assert batch_match_counts(gt, map_image, *np.nonzero(np.zeros_like(maps)), 1.5).tolist() == [0] * 8
+
+
+def test_batch_match_counts_reuses_only_identical_maps():
+    gt = np.zeros((1, 3, 6), dtype=bool)
+    gt[0, 0, 0] = gt[0, 0, 4] = True
+    maps = np.zeros((3, 3, 6), dtype=bool)
+    maps[0, 1, [0, 4]] = True  # one pixel under each ground-truth pixel: 2 matches
+    maps[1, 1, [0, 1]] = True  # as many matchable pixels, both next to the first one: 1 match
+    maps[2] = maps[1]  # identical to the previous map: its count is reused
+    assert batch_match_counts(gt, np.zeros(3, dtype=np.int64), *np.nonzero(maps), 1.5).tolist() == [2, 1, 1]

@@ -178,3 +178,22 @@ def test_bad_settings():
         DepthMeter("mtl", eigen_crop=True)
     with pytest.raises(ValueError, match="DepthMeter: cannot merge"):
         DepthMeter("eigen").merge(DepthMeter("mtl").state())
+
+
+@pytest.mark.parametrize("invalid_fraction", [0.0, 0.3])
+def test_mtl_sums_equal_the_masked_formula_exactly(invalid_fraction):
+    # the fast path skips the compaction when every pixel is valid; both must give the same bits
+    generator = torch.Generator().manual_seed(3)
+    pred = torch.rand(3, 1, 17, 23, generator=generator) * 9 - 0.5
+    gt = torch.rand(3, 1, 17, 23, generator=generator) * 10 + 0.01
+    gt[torch.rand(gt.shape, generator=generator) < invalid_fraction] = 0
+    meter = DepthMeter("mtl")
+    meter.update(pred, gt)
+    p64, g64 = pred.double().flatten(1), gt.double().flatten(1)
+    valid = g64 > 0
+    g, p = g64[valid], p64[valid].clamp(min=1e-9)
+    expected = torch.stack(
+        [((p - g) ** 2).sum(), ((torch.log(p) - torch.log(g)) ** 2).sum(), ((p - g).abs() / g).sum()]
+    )
+    assert torch.equal(meter.state()["sums"], expected)
+    assert int(meter.state()["num_pixels"]) == int(valid.sum())

@@ -108,3 +108,15 @@ def test_all_ignored_image_is_harmless_and_bad_settings_raise():
         SemsegMeter(300)
     with pytest.raises(ValueError, match="positive int"):
         SemsegMeter(0)
+
+
+def test_finite_check_is_exact_when_the_sum_overflows():
+    # huge but finite logits overflow a float32 sum: not an error; one -inf among them is
+    logits = torch.full((1, 3, 4, 4), 3e38)
+    logits[0, 1, 0, 0] = 3.4e38
+    meter = SemsegMeter(3)
+    meter.update(logits, torch.zeros(1, 4, 4, dtype=torch.long))
+    assert meter.state()["confusion"][0, 1] == 1
+    logits[0, 2, 1, 1] = float("-inf")
+    with pytest.raises(ValueError, match="SemsegMeter: prediction contains 1 NaN/inf"):
+        meter.update(logits, torch.zeros(1, 4, 4, dtype=torch.long))

@@ -121,10 +121,15 @@ class Meter:
     def _check_finite(self, tensor: Tensor, what: str) -> None:
         """Raise a ValueError naming this meter when `tensor` holds NaN or inf.
 
-        One min/max pass decides (both propagate NaN), which is several times cheaper than
-        `isfinite(...).all()`; the offending values are only counted when there are some.
+        One sum decides in the common case: NaN and inf propagate through it, so a finite sum means
+        finite values (a sum is several times cheaper than `aminmax`, notably on channels-last
+        logits, and than `isfinite(...).all()`). Only a non-finite sum, which finite values can
+        also give by overflowing, is checked exactly, by min/max; the offending values are only
+        counted when there are some.
         """
         if not tensor.is_floating_point() or tensor.numel() == 0:
+            return
+        if bool(torch.isfinite(tensor.sum())):
             return
         low, high = torch.aminmax(tensor)
         if not (bool(torch.isfinite(low)) and bool(torch.isfinite(high))):

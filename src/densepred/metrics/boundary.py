@@ -22,8 +22,9 @@ Protocol (reference/mqtransformer-and-mtl-protocol.md §5.4; SEISM `read_one_con
 odsf, oisf and ap are reported in percent (the tables print odsF x 100, e.g. 78.20).
 
 Defaults are the NYUD-v2 settings: max_dist 0.011 and the 101 HED thresholds; the smoke profile
-passes fewer thresholds. NMS and thinning run batched in torch on the predictions' device; the
-matching runs on the CPU with scipy, one graph per image.
+passes fewer thresholds. NMS and thinning run batched in torch on the predictions' device (the
+binary maps bit-packed, 8 per byte); the matching runs on the CPU with scipy, one Hopcroft-Karp
+call per distinct binary map, all graphs of a batch cut from one table of candidate edges.
 """
 
 from __future__ import annotations
@@ -36,8 +37,16 @@ import torch
 from torch import Tensor
 
 from densepred.metrics.base import Meter, compute_device
-from densepred.metrics.boundary_matching import BoundaryMatcher, tolerance_pixels
-from densepred.metrics.boundary_ops import boundary_thresholds, edge_nms, edge_orientation, seg2bmap, thin
+from densepred.metrics.boundary_matching import batch_match_counts, tolerance_pixels
+from densepred.metrics.boundary_ops import (
+    boundary_thresholds,
+    edge_nms,
+    edge_orientation,
+    pack_maps,
+    packed_pixels,
+    seg2bmap,
+    thin_packed,
+)
 
 GT_BOUNDARY_MODES = ("seg2bmap", "raw")
 _COUNT_KEYS = ("cnt_r", "sum_r", "cnt_p", "sum_p")
@@ -83,6 +92,19 @@ def average_precision(precision: np.ndarray, recall: np.ndarray) -> float:
     queries = np.arange(101) / 100
     inside = (queries >= unique_recall[0]) & (queries <= unique_recall[-1])
     return float(np.interp(queries[inside], unique_recall, unique_precision).sum() / 100)
+
+
+def _first_equal(counts: np.ndarray) -> np.ndarray:
+    """(B,T) index of the first threshold whose pixel count equals threshold t's, per image.
+
+    The maps {e > t} are nested in t, so two of them are equal exactly when they hold the same
+    number of pixels, and equal counts are contiguous along t (counts never increase). Flat
+    predictions (e.g. an untrained model) then cost one thinning and one matching per distinct map.
+    """
+    steps = np.arange(counts.shape[1])
+    new = np.ones(counts.shape, dtype=bool)
+    new[:, 1:] = counts[:, 1:] != counts[:, :-1]
+    return np.maximum.accumulate(np.where(new, steps, 0), axis=1)
 
 
 class BoundaryMeter(Meter):
@@ -158,42 +180,81 @@ class BoundaryMeter(Meter):
         probs, gt = self._prepare(pred, target)
         self._begin_update(torch.device("cpu"))
         edges = edge_nms(probs, edge_orientation(probs)) if self.nms else probs
-        matched, predicted, num_gt = self._count(edges, self._gt_boundary(gt).cpu().numpy())
+        matched, predicted, num_gt = self._count(edges, self._gt_boundary(gt))
         self._accumulate(matched, predicted, num_gt)
 
-    def _count(self, edges: Tensor, gt_maps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Matched and predicted boundary pixels per (image, threshold), ground-truth pixels per image."""
+    def _count(self, edges: Tensor, gt_boundary: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Matched and predicted boundary pixels per (image, threshold), ground-truth pixels per image.
+
+        Only the distinct non-empty binary maps of each image are thinned and matched (nested maps
+        with equal pixel counts are equal; an empty map has no pixel to count or match); thresholds
+        sharing a map share its counts. The ground-truth boundaries are thinned together with the
+        predicted maps, and all maps of the batch are matched by one `batch_match_counts`.
+        """
         batch, height, width = edges.shape
+        levels = self._levels(edges)
+        counts = self._pixel_counts(levels)
+        representative = _first_equal(counts)
+        distinct = np.argwhere((representative == np.arange(len(self.thresholds))) & (counts > 0))
+        # jobs: the B ground-truth boundaries (threshold -1), then the distinct predicted maps
+        jobs = np.concatenate([np.stack([np.arange(batch), np.full(batch, -1)], axis=1), distinct])
+        job, row, col = self._thinned_pixels(levels, gt_boundary, jobs)
+        is_gt = job < batch  # the first `batch` jobs
+        gt_maps = np.zeros((batch, height, width), dtype=bool)
+        gt_maps[job[is_gt], row[is_gt], col[is_gt]] = True
+        pred_job = job[~is_gt] - batch
         radius = tolerance_pixels(self.max_dist, height, width)
-        support = (edges > self.thresholds[0]).cpu().numpy()
-        matchers = [BoundaryMatcher(gt_maps[b], support[b], radius) for b in range(batch)]
-        representative = self._distinct_maps(edges)
+        pair_matched = batch_match_counts(gt_maps, distinct[:, 0], pred_job, row[~is_gt], col[~is_gt], radius)
         matched = np.zeros((batch, len(self.thresholds)), dtype=np.int64)
         predicted = np.zeros_like(matched)
-        distinct = np.argwhere(representative == np.arange(len(self.thresholds)))  # (b, t) pairs to count
-        for pairs, maps in self._binary_maps(edges, distinct):
-            for (b, t), pred_map in zip(pairs, maps):
-                matched[b, t], predicted[b, t] = matchers[b].count(pred_map)
+        matched[distinct[:, 0], distinct[:, 1]] = pair_matched
+        predicted[distinct[:, 0], distinct[:, 1]] = np.bincount(pred_job, minlength=distinct.shape[0])
         rows = np.arange(batch)[:, None]
-        num_gt = np.array([matcher.num_gt for matcher in matchers], dtype=np.int64)
+        num_gt = gt_maps.reshape(batch, -1).sum(1).astype(np.int64)
         return matched[rows, representative], predicted[rows, representative], num_gt
 
-    def _distinct_maps(self, edges: Tensor) -> np.ndarray:
-        """(B,T) index of the first threshold whose binary map equals threshold t's, per image.
+    def _levels(self, edges: Tensor) -> Tensor:
+        """(B,H,W) number of thresholds strictly below each value: e > thresholds[t] iff t < level.
 
-        The maps {e > t} are nested in t, so two of them are equal exactly when they hold the same
-        number of pixels; counts come from one sort per image. Flat predictions (e.g. an untrained
-        model) then cost one thinning and one matching per distinct map, not per threshold.
+        Integers of the smallest sufficient type, compared exactly as `edges > thresholds[t]` in
+        float32 (one bucketing pass instead of one comparison of the float maps per threshold).
         """
-        levels = torch.tensor(self.thresholds, dtype=torch.float32, device=edges.device)
-        values = edges.flatten(1).sort(dim=1).values
-        at_or_below = torch.searchsorted(values, levels.expand(values.shape[0], -1).contiguous(), right=True)
-        counts = (values.shape[1] - at_or_below).cpu().numpy()
-        first = np.empty_like(counts)
-        for b, row in enumerate(counts):
-            _, first_index, inverse = np.unique(row, return_index=True, return_inverse=True)
-            first[b] = first_index[inverse]
-        return first
+        thresholds = torch.tensor(self.thresholds, dtype=torch.float32, device=edges.device)
+        levels = torch.searchsorted(thresholds, edges.contiguous(), out_int32=True)
+        return levels.to(torch.int16) if len(self.thresholds) < 1 << 15 else levels
+
+    def _pixel_counts(self, levels: Tensor) -> np.ndarray:
+        """(B,T) number of pixels above each threshold, from `_levels` with one bincount."""
+        batch = levels.shape[0]
+        size = len(self.thresholds) + 1
+        offset = torch.arange(batch, device=levels.device).view(-1, 1) * size
+        histogram = torch.bincount((levels.reshape(batch, -1) + offset).reshape(-1), minlength=batch * size)
+        above = histogram.view(batch, size).flip(1).cumsum(1).flip(1)[:, 1:]
+        return above.cpu().numpy()
+
+    def _thinned_pixels(self, levels: Tensor, gt_boundary: Tensor, jobs: np.ndarray):
+        """(job, row, col) numpy arrays of the on-pixels of each job's map, thinned if asked.
+
+        Job (b, t) is the map edges[b] > thresholds[t] (levels[b] > t), or the ground-truth boundary
+        of image b for t = -1. Jobs go in chunks of about `chunk_elements` pixels, bit-packed 8 maps
+        per byte (`boundary_ops.pack_maps`). Within one job the pixels come in raster order.
+        """
+        _, height, width = levels.shape
+        per_chunk = max(1, self.chunk_elements // (height * width))
+        found: list[tuple[Tensor, Tensor, Tensor]] = []
+        for start in range(0, len(jobs), per_chunk):
+            chunk = torch.from_numpy(jobs[start : start + per_chunk]).to(levels.device)
+            image, threshold = chunk[:, 0], chunk[:, 1]
+            maps = levels.index_select(0, image) > threshold.view(-1, 1, 1).to(levels.dtype)
+            is_gt = threshold < 0
+            if bool(is_gt.any()):
+                maps[is_gt] = gt_boundary[image[is_gt]]
+            packed = pack_maps(maps)
+            if self.thin_maps:
+                packed = thin_packed(packed, height, width)
+            job, row, col = packed_pixels(packed, height, width)
+            found.append((job + start, row, col))
+        return tuple(torch.cat(parts).cpu().numpy() for parts in zip(*found))
 
     def _prepare(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Validated (B,H,W) float32 probabilities (quantised if asked) and (B,H,W) bool ground truth."""
@@ -222,21 +283,8 @@ class BoundaryMeter(Meter):
         return probs, target.to(device)[:, 0] != 0
 
     def _gt_boundary(self, gt: Tensor) -> Tensor:
-        boundary = seg2bmap(gt.to(torch.uint8)) if self.gt_boundary == "seg2bmap" else gt
-        return thin(boundary) if self.thin_maps else boundary
-
-    def _binary_maps(self, edges: Tensor, pairs: np.ndarray):
-        """Yield (pairs chunk, (K,H,W) bool numpy maps): edges[b] > thresholds[t], thinned, per (b, t)."""
-        _, height, width = edges.shape
-        per_chunk = max(1, self.chunk_elements // (height * width))
-        levels = torch.tensor(self.thresholds, dtype=torch.float32, device=edges.device)
-        for start in range(0, len(pairs), per_chunk):
-            chunk = pairs[start : start + per_chunk]
-            index = torch.from_numpy(chunk).to(edges.device)
-            maps = edges[index[:, 0]] > levels[index[:, 1]].view(-1, 1, 1)
-            if self.thin_maps:
-                maps = thin(maps)
-            yield chunk.tolist(), maps.cpu().numpy()
+        """The ground-truth boundary maps before thinning (thinned with the predictions in `_count`)."""
+        return seg2bmap(gt.to(torch.uint8)) if self.gt_boundary == "seg2bmap" else gt
 
     def _accumulate(self, matched: np.ndarray, predicted: np.ndarray, num_gt: np.ndarray) -> None:
         """Add per-image counts (B,T) to the dataset sums and each image's best-threshold counts to OIS."""

@@ -16,7 +16,9 @@ This module implements those steps from their published descriptions:
   distance d = 1..r along +-O; then values are faded linearly to zero over the `s` outermost pixels.
 * `thin`: the two-subiteration thinning of Lam, Lee & Suen (1992, p. 879), MATLAB's 'thin': pixels
   satisfying G1, G2 and G3 (first subiteration) or G1, G2 and G3' (second) are deleted in parallel,
-  repeated until nothing changes. Implemented with a 256-entry lookup table on the 8-neighbourhood.
+  repeated until nothing changes. The rule is written down as a 256-entry lookup table on the
+  8-neighbourhood (`_thinning_tables`) and evaluated as the equivalent bitwise logic on maps packed
+  8 per byte (`_deletions`), every pixel in every subiteration.
 * `seg2bmap`: a pixel is on the boundary when its label differs from its east, south or south-east
   neighbour (last row: east only; last column: south only; bottom-right corner: never).
 
@@ -185,53 +187,114 @@ def _thinning_tables() -> tuple[np.ndarray, np.ndarray]:
     return first, second
 
 
-def _deletable(flat: Tensor, candidates: Tensor, offsets: list[int], table: Tensor) -> Tensor:
-    """Deletion flags of `candidates` (flat indices) from their 8-neighbourhood codes and `table`."""
-    code = torch.zeros_like(candidates)
-    for bit, offset in enumerate(offsets):
-        code |= torch.index_select(flat, 0, candidates + offset).long() << bit
-    return torch.index_select(table, 0, code)
+def _deletions(planes: Tensor, start: int, length: int, offsets: list[int], second: bool) -> Tensor:
+    """Deletion bits of the flat pixels [start, start + length) of bit-packed maps (P, L) uint8.
+
+    The lookup-table conditions (`_thinning_tables`) as bitwise logic on the 8 neighbour planes, so
+    one uint8 operation decides 8 maps at once: G1 (crossing number 1), G2 (2 <= min(n1, n2) <= 3)
+    and G3 (first subiteration) or G3' (second).
+    """
+
+    def x(k: int) -> Tensor:  # neighbour x_k, 1-based and cyclic (x9 = x1)
+        offset = start + offsets[(k - 1) % 8]
+        return planes[:, offset : offset + length]
+
+    pairs_n2 = [x(2 * i) | x(2 * i + 1) for i in range(1, 5)]  # the terms of n2
+    pairs_n1 = [x(2 * i - 1) | x(2 * i) for i in range(1, 5)]  # the terms of n1
+    # G1: exactly one b_i = (not x_{2i-1}) and (x_{2i} or x_{2i+1}), counted with two half adders
+    b = [pairs_n2[i - 1] & ~x(2 * i - 1) for i in range(1, 5)]
+    sum_a, carry_a, sum_b, carry_b = b[0] ^ b[1], b[0] & b[1], b[2] ^ b[3], b[2] & b[3]
+    delete = (sum_a ^ sum_b) & ~(carry_a | carry_b)
+    # G2: each count >= 2, and not both counts 4
+    all_four = []
+    for terms in (pairs_n1, pairs_n2):
+        sum_a, carry_a = terms[0] ^ terms[1], terms[0] & terms[1]
+        sum_b, carry_b = terms[2] ^ terms[3], terms[2] & terms[3]
+        delete &= carry_a | carry_b | (sum_a & sum_b)
+        all_four.append(carry_a & carry_b)
+    delete &= ~(all_four[0] & all_four[1])
+    if second:  # G3': (x6 or x7 or not x4) and x5 == 0
+        delete &= ~((x(6) | x(7) | ~x(4)) & x(5))
+    else:  # G3: (x2 or x3 or not x8) and x1 == 0
+        delete &= ~((x(2) | x(3) | ~x(8)) & x(1))
+    return delete & planes[:, start : start + length]
 
 
-def _near(flat: Tensor, pixels: Tensor, offsets: list[int]) -> Tensor:
-    """Flat indices of on-pixels among the 8-neighbours of `pixels` (sorted, without repeats)."""
-    around = torch.cat([pixels + offset for offset in offsets])
-    if around.numel() * 8 > flat.numel():  # many: mark a dense mask instead of sorting
-        mask = torch.zeros_like(flat, dtype=torch.bool).index_fill_(0, around, True)
-        return torch.nonzero(mask & (flat != 0)).squeeze(1)
-    around = torch.unique(around)
-    return around[torch.index_select(flat, 0, around) != 0]
+def pack_maps(binary: Tensor) -> Tensor:
+    """(N,H,W) bool -> (ceil(N/8), (H+2)(W+2)+2) uint8: bit i of row p holds map 8p+i, zero-padded.
+
+    Each map is padded by one zero pixel on every side and flattened; one extra zero byte at each
+    end of a row lets every pixel of the padded image be addressed with its 8 neighbours.
+    """
+    count = binary.shape[0]
+    planes = -(-count // 8)
+    maps = F.pad(binary.to(torch.uint8), (1, 1, 1, 1, 0, planes * 8 - count)).view(planes, 8, -1)
+    packed = torch.zeros(planes, maps.shape[-1] + 2, dtype=torch.uint8, device=binary.device)
+    body = packed[:, 1:-1]
+    for bit in range(8):
+        body |= maps[:, bit] << bit
+    return packed
+
+
+def _packed_interior(packed: Tensor, height: int, width: int) -> Tensor:
+    """The (P,H,W) interior view of `pack_maps` output."""
+    return packed[:, 1:-1].view(-1, height + 2, width + 2)[:, 1:-1, 1:-1]
+
+
+def unpack_maps(packed: Tensor, count: int, height: int, width: int) -> Tensor:
+    """Inverse of `pack_maps`: the first `count` maps as (count,H,W) bool."""
+    interior = _packed_interior(packed, height, width)
+    bits = torch.stack([(interior >> bit) & 1 for bit in range(8)], dim=1)
+    return bits.reshape(-1, height, width)[:count].bool()
+
+
+def packed_pixels(packed: Tensor, height: int, width: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(map index, row, col) of every on-pixel of `pack_maps` output, each (K,) int64.
+
+    Listed by group of 8 maps, then in raster order, then by map: within one map, in raster order.
+    """
+    interior = _packed_interior(packed, height, width).contiguous()
+    plane, row, col = torch.nonzero(interior, as_tuple=True)
+    values = interior.view(-1).index_select(0, (plane * height + row) * width + col)
+    bits = torch.arange(8, device=packed.device, dtype=torch.uint8)
+    item, bit = torch.nonzero((values[:, None] >> bits) & 1, as_tuple=True)
+    plane, row, col = (index.index_select(0, item) for index in (plane, row, col))
+    return plane * 8 + bit, row, col
+
+
+def thin_packed(packed: Tensor, height: int, width: int) -> Tensor:
+    """`thin` in place on maps packed by `pack_maps`; returns `packed`."""
+    row = width + 2
+    offsets = [dr * row + dc for dr, dc in _NEIGHBOURS]
+    start, length = 1 + row, height * row  # rows 1..H of the padded maps (padding columns stay 0)
+    idle = 0
+    second = False
+    # two subiterations in a row without deletions leave a fixed point of both: the iteration that
+    # MATLAB would run next changes nothing either
+    while idle < 2:
+        delete = _deletions(packed, start, length, offsets, second)
+        if bool(delete.any()):
+            packed[:, start : start + length] &= ~delete
+            idle = 0
+        else:
+            idle += 1
+        second = not second
+    return packed
 
 
 def thin(binary: Tensor) -> Tensor:
     """MATLAB bwmorph(binary, 'thin', Inf) on each map of a (N,H,W) boolean tensor.
 
-    Works on the flat indices of "on" pixels of a zero-padded copy, so each pass costs in proportion
-    to the pixels examined, not to the image. After the first iteration only on-pixels next to a
-    pixel deleted in the previous iteration are re-examined: the deletion test depends only on the
-    8-neighbourhood, so a pixel kept with an unchanged neighbourhood would be kept again. Stops
-    when an iteration (both subiterations) deletes nothing.
+    The maps are bit-packed, 8 per byte (`pack_maps`), and every subiteration evaluates the deletion
+    conditions of all pixels of all maps with about 50 whole-array bitwise operations
+    (`_deletions`): no per-pixel indexing, and each map costs an eighth of a byte per pixel. Maps
+    that have converged are simply left unchanged by later subiterations. Stops when an iteration
+    (both subiterations) deletes nothing in any map.
     """
     count, height, width = binary.shape
-    device = binary.device
-    tables = [torch.from_numpy(table).to(device) for table in _thinning_tables()]
-    padded_width = width + 2
-    flat = F.pad(binary.to(torch.uint8), (1, 1, 1, 1)).reshape(-1)
-    offsets = [dr * padded_width + dc for dr, dc in _NEIGHBOURS]
-    candidates = torch.nonzero(flat).squeeze(1)
-    while candidates.numel() > 0:
-        deleted = []
-        for table in tables:
-            delete = _deletable(flat, candidates, offsets, table)
-            gone = candidates[delete]
-            flat.index_fill_(0, gone, 0)
-            candidates = candidates[~delete]
-            deleted.append(gone)
-        gone = torch.cat(deleted)
-        if gone.numel() == 0:
-            break
-        candidates = _near(flat, gone, offsets)
-    return flat.view(count, height + 2, padded_width)[:, 1:-1, 1:-1].bool()
+    if count == 0:
+        return binary.bool().clone()
+    return unpack_maps(thin_packed(pack_maps(binary), height, width), count, height, width)
 
 
 def seg2bmap(labels: Tensor) -> Tensor:

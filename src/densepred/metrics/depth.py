@@ -176,13 +176,18 @@ class DepthMeter(Meter):
     def _update_mtl(self, pred: Tensor, target: Tensor) -> None:
         """Global sums over every valid pixel (gt > 0) of the batch."""
         valid = target > 0
-        gt = target[valid]
-        p = pred[valid].clamp(min=MTL_MIN_PRED)
+        gt, p = target.reshape(-1).contiguous(), pred.reshape(-1).contiguous()
+        count = valid.sum()
+        if int(count) != valid.numel():  # the valid pixels in the same (raster) order as `target[valid]`
+            index = torch.nonzero(valid.reshape(-1)).squeeze(1)
+            gt, p = gt.index_select(0, index), p.index_select(0, index)
+        p = p.clamp(min=MTL_MIN_PRED)
+        diff = p - gt
         sums = torch.stack(
-            [((p - gt) ** 2).sum(), ((torch.log(p) - torch.log(gt)) ** 2).sum(), ((p - gt).abs() / gt).sum()]
+            [(diff**2).sum(), ((torch.log(p) - torch.log(gt)) ** 2).sum(), (diff.abs() / gt).sum()]
         )
         self._state["sums"] += sums
-        self._state["num_pixels"] += valid.sum()
+        self._state["num_pixels"] += count
 
     def compute(self) -> dict[str, float]:
         """The protocol's metrics (keys EIGEN_KEYS or MTL_KEYS); ValueError if nothing valid was seen."""
