@@ -1,6 +1,8 @@
 """Atomic output helpers: every stage output is written to a temp file and renamed into place.
 
 An interrupted job therefore never leaves a half-written file that looks complete (DESIGN.md).
+The renamed outputs get the usual permissions (0666 / 0777 less the umask), not the owner-only mode
+of `tempfile`'s temp files, so results stay readable to the other users of a shared project folder.
 """
 
 from __future__ import annotations
@@ -15,6 +17,18 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish(tmp: Path, path: Path, mode: int) -> None:
+    """Give `tmp` the umask-respecting `mode` and rename it onto `path`."""
+    os.chmod(tmp, mode & ~_umask())
+    os.replace(tmp, path)
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success rename it onto `path`, on error remove it."""
@@ -25,7 +39,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.replace(tmp_path, path)
+        _publish(tmp_path, path, 0o666)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -55,10 +69,10 @@ def atomic_dir(path: Path) -> Iterator[Path]:
             if old.exists():
                 shutil.rmtree(old)
             os.replace(path, old)
-            os.replace(tmp, path)
+            _publish(tmp, path, 0o777)
             shutil.rmtree(old)
         else:
-            os.replace(tmp, path)
+            _publish(tmp, path, 0o777)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
