@@ -231,7 +231,8 @@ def test_matches_numpy_brute_force_pipeline():
 
 def test_update_equals_plain_per_threshold_loop():
     """Distinct-map reuse, chunking and OIS bookkeeping against a straightforward loop."""
-    from densepred.metrics.boundary_matching import match_counts, tolerance_pixels
+    from boundary_reference import match_counts
+    from densepred.metrics.boundary_matching import tolerance_pixels
     from densepred.metrics.boundary_ops import edge_nms, edge_orientation, seg2bmap, thin
 
     torch.manual_seed(4)
@@ -305,7 +306,8 @@ def test_update_equals_one_map_at_a_time_on_random_inputs(options, seed):
     plain definition: every (image, threshold) binarised, thinned and matched on its own."""
     from scipy import ndimage
 
-    from densepred.metrics.boundary_matching import match_counts, tolerance_pixels
+    from boundary_reference import match_counts
+    from densepred.metrics.boundary_matching import tolerance_pixels
     from densepred.metrics.boundary_ops import edge_nms, edge_orientation, seg2bmap
 
     rng = np.random.default_rng(seed)

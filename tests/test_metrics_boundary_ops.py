@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
 import torch
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
+from scipy.sparse import csr_matrix
 
+from boundary_reference import BoundaryMatcher, candidate_graph, match_counts
+from densepred.metrics import boundary_matching
 from densepred.metrics.boundary_matching import (
-    BoundaryMatcher,
     batch_match_counts,
-    candidate_graph,
     disc_offsets,
-    match_counts,
     max_matching_size,
     tolerance_pixels,
 )
@@ -35,6 +36,8 @@ from densepred.metrics.boundary_ops import (
     thin,
     unpack_maps,
 )
+
+MATCHING_METHODS = ("hopcroft_karp", "dinic")
 
 # ---------------------------------------------------------------------------------------------------
 # slow references, written from the published definitions, one pixel at a time
@@ -433,17 +436,120 @@ def test_max_matching_equals_brute_force(seed):
     expected = brute_force_matching(
         [tuple(p) for p in np.argwhere(pred)], [tuple(g) for g in np.argwhere(gt)], radius
     )
-    assert max_matching_size(candidate_graph(np.argwhere(pred), gt, radius)) == expected
+    graph = candidate_graph(np.argwhere(pred), gt, radius)
+    for method in MATCHING_METHODS:
+        assert max_matching_size(graph, method) == expected
+        assert max_matching_size(graph.T.tocsr(), method) == expected
 
 
 def test_max_matching_equals_assignment_on_larger_graphs():
     rng = np.random.default_rng(5)
-    for _ in range(5):
-        gt = rng.random((25, 30)) < 0.1
-        pred = rng.random((25, 30)) < 0.1
-        graph = candidate_graph(np.argwhere(pred), gt, 1.8)
+    for density, radius in ((0.1, 1.8), (0.3, 2.5), (0.5, 3.2)):
+        gt = rng.random((25, 30)) < density
+        pred = rng.random((25, 30)) < 0.8 * density
+        graph = candidate_graph(np.argwhere(pred), gt, radius)
         rows, cols = linear_sum_assignment(-graph.toarray())  # maximise the number of real edges
-        assert max_matching_size(graph) == int(graph.toarray()[rows, cols].sum())
+        expected = int(graph.toarray()[rows, cols].sum())
+        for method in MATCHING_METHODS:
+            assert max_matching_size(graph, method) == expected
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_matching_methods_agree_on_random_bipartite_graphs(seed):
+    """Hopcroft-Karp and Dinic max flow give the same (assignment-checked) size on arbitrary graphs."""
+    rng = np.random.default_rng(100 + seed)
+    num_rows, num_cols = int(rng.integers(1, 60)), int(rng.integers(1, 60))
+    dense = rng.random((num_rows, num_cols)) < rng.uniform(0.01, 0.3)
+    dense[rng.random(num_rows) < 0.2] = False  # rows without edges
+    graph = csr_matrix(dense.astype(np.int8))
+    rows, cols = linear_sum_assignment(-dense.astype(np.int64))
+    expected = int(dense[rows, cols].sum())
+    sizes = {method: max_matching_size(graph, method) for method in (*MATCHING_METHODS, "auto")}
+    assert sizes == dict.fromkeys(sizes, expected)
+
+
+def test_max_matching_edge_cases():
+    empty = csr_matrix((3, 4), dtype=np.int8)
+    for method in (*MATCHING_METHODS, "auto"):
+        assert max_matching_size(empty, method) == 0
+        assert max_matching_size(csr_matrix((0, 4), dtype=np.int8), method) == 0
+    with pytest.raises(ValueError, match="method"):
+        max_matching_size(csr_matrix(np.ones((2, 2), dtype=np.int8)), "simplex")
+
+
+def test_auto_method_switches_to_max_flow_at_the_edge_threshold(monkeypatch):
+    gt = np.zeros((2, 12, 12), dtype=bool)
+    gt[0, 2:10:2, 1:11] = True  # stripes: some graphs above, some below the patched threshold
+    gt[1, 5, 5] = True
+    maps = np.zeros((3, 12, 12), dtype=bool)
+    maps[0, 3:9, 2:10] = True
+    maps[1, 4:7, 4:7] = True
+    maps[2, 0, 0] = True
+    map_image = np.array([0, 1, 0])
+    pixels = np.nonzero(maps)
+    forced = {method: batch_match_counts(gt, map_image, *pixels, 2.0, method) for method in MATCHING_METHODS}
+    assert forced["dinic"].tolist() == forced["hopcroft_karp"].tolist()
+    sizes = []
+    real_flow = boundary_matching.maximum_flow
+    monkeypatch.setattr(
+        boundary_matching,
+        "maximum_flow",
+        lambda graph, *args, **kwargs: sizes.append(graph.nnz) or real_flow(graph, *args, **kwargs),
+    )
+    assert batch_match_counts(gt, map_image, *pixels, 2.0).tolist() == forced["dinic"].tolist()
+    assert sizes == []  # far below the real threshold: Hopcroft-Karp only
+    monkeypatch.setattr(boundary_matching, "DINIC_MIN_EDGES", 20)
+    assert batch_match_counts(gt, map_image, *pixels, 2.0).tolist() == forced["dinic"].tolist()
+    assert len(sizes) == 1  # map 0 (many edges) by max flow; map 1 (9 edges) by Hopcroft-Karp
+
+
+def random_bands(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ground truth, prediction): random bands at density 0.5 and 0.45, the prediction the wider."""
+    gt = np.zeros((height, width), dtype=bool)
+    pred = np.zeros((height, width), dtype=bool)
+    gt_rows = slice(height * 150 // 480, height * 330 // 480)
+    pred_rows = slice(height * 100 // 480, height * 380 // 480)
+    gt[gt_rows] = rng.random((gt_rows.stop - gt_rows.start, width)) < 0.5
+    pred[pred_rows] = rng.random((pred_rows.stop - pred_rows.start, width)) < 0.45
+    return gt, pred
+
+
+def test_small_layered_band_is_matched_by_max_flow():
+    """A 13.6k-edge graph on which scipy's Hopcroft-Karp took 26 s (scipy issue 26147).
+
+    A narrow strip (360x6, radius 6.6) of the wide-band case below: above `DINIC_MIN_EDGES`, so
+    Dinic max flow matches it in about a millisecond.
+    """
+    gt, pred = random_bands(np.random.default_rng(10), 360, 6)
+    graph = candidate_graph(np.argwhere(pred), gt, 6.6)
+    assert graph.nnz >= boundary_matching.DINIC_MIN_EDGES
+    start = time.perf_counter()
+    count = batch_match_counts(gt[None], np.zeros(1, dtype=np.int64), *np.nonzero(pred[None]), 6.6)
+    elapsed = time.perf_counter() - start
+    assert count.tolist() == [max_matching_size(graph, "dinic")]
+    assert elapsed < 5, f"{elapsed:.1f} s"
+
+
+@pytest.mark.slow
+def test_wide_band_at_full_size_does_not_hang():
+    """A graph on which scipy's Hopcroft-Karp takes exponential time (scipy issue 26147).
+
+    Two 480x640 maps: a band of ground truth at density 0.5 and a wider predicted band at 0.45, the
+    NYUD tolerance (0.011 x diagonal = 8.8 px). Hopcroft-Karp did not finish within 95 s on this
+    graph (6.2M edges); the size-based choice sends it to Dinic max flow (about 1-2 s).
+    """
+    height, width = 480, 640
+    gt, pred = random_bands(np.random.default_rng(0), height, width)
+    radius = tolerance_pixels(0.011, height, width)
+    start = time.perf_counter()
+    count = batch_match_counts(gt[None], np.zeros(1, dtype=np.int64), *np.nonzero(pred[None]), radius)
+    elapsed = time.perf_counter() - start
+    graph = candidate_graph(np.argwhere(pred), gt, radius)
+    assert graph.nnz >= boundary_matching.DINIC_MIN_EDGES
+    # the other orientation of the flow network: a different graph for the max-flow solver
+    assert count.tolist() == [max_matching_size(graph, "dinic")]
+    assert 0 < count[0] < min(graph.shape)  # neither side can be matched completely
+    assert elapsed < 60, f"{elapsed:.1f} s"
 
 
 def test_matching_is_one_to_one():
@@ -497,12 +603,13 @@ def test_batch_match_counts_equals_one_matcher_per_map(seed):
     radius = float(rng.uniform(0.8, 3.5))
     for order in (np.arange(len(maps)), rng.permutation(len(maps))):  # a map's image may recur anywhere
         maps, map_image = np.stack(maps)[order], np.array(owners)[order]
-        got = batch_match_counts(gt, map_image, *np.nonzero(maps), radius)
         expected = [
-            max_matching_size(candidate_graph(np.argwhere(pred), gt[image], radius))
+            max_matching_size(candidate_graph(np.argwhere(pred), gt[image], radius), "hopcroft_karp")
             for pred, image in zip(maps, map_image)
         ]
-        assert got.tolist() == expected
+        for method in (*MATCHING_METHODS, "auto"):
+            got = batch_match_counts(gt, map_image, *np.nonzero(maps), radius, method)
+            assert got.tolist() == expected
         maps, owners = list(maps), list(map_image)
     for pred, image, count in zip(maps, map_image, got):
         assert BoundaryMatcher(gt[image], pred, radius).count(pred) == (count, int(pred.sum()))
@@ -513,11 +620,14 @@ def test_batch_match_counts_equals_brute_force_on_tiny_maps():
     gt = rng.random((4, 5, 6)) < 0.2
     maps = rng.random((8, 5, 6)) < 0.2
     map_image = np.repeat(np.arange(4), 2)
-    got = batch_match_counts(gt, map_image, *np.nonzero(maps), 1.5)
-    for pred, image, count in zip(maps, map_image, got):
-        pred_rc = [tuple(p) for p in np.argwhere(pred)]
-        gt_rc = [tuple(g) for g in np.argwhere(gt[image])]
-        assert count == brute_force_matching(pred_rc, gt_rc, 1.5)
+    expected = [
+        brute_force_matching(
+            [tuple(p) for p in np.argwhere(pred)], [tuple(g) for g in np.argwhere(gt[image])], 1.5
+        )
+        for pred, image in zip(maps, map_image)
+    ]
+    for method in (*MATCHING_METHODS, "auto"):
+        assert batch_match_counts(gt, map_image, *np.nonzero(maps), 1.5, method).tolist() == expected
     assert batch_match_counts(gt, map_image, *np.nonzero(np.zeros_like(maps)), 1.5).tolist() == [0] * 8
 
 

@@ -9,9 +9,11 @@ how many pairs are matched, and that optimum has maximum cardinality: if a small
 optimal, an augmenting path P for M (Berge) with k+1 new and k removed pairs gives M xor P, which
 matches one more pair per side and changes the cost by at most (k+1) * D - 2 * 100 * D < 0 whenever
 k + 1 < 200, contradicting optimality. So cntP = cntR = the size of a maximum matching of the
-bipartite "within tolerance" graph, which `scipy.sparse.csgraph.maximum_bipartite_matching`
-(Hopcroft-Karp) computes exactly. Departure: on a pathological graph whose every augmenting path
-has 200+ new pairs, correspondPixels (and its sparse CSA approximation) may match fewer pixels.
+bipartite "within tolerance" graph, which is computed exactly: by scipy's Hopcroft-Karp
+(`maximum_bipartite_matching`) for small graphs, and by Dinic's maximum flow on the unit-capacity
+network source -> rows -> columns -> sink for large ones (see `DINIC_MIN_EDGES`). Departure: on a
+pathological graph whose every augmenting path has 200+ new pairs, correspondPixels (and its sparse
+CSA approximation) may match fewer pixels.
 
 The candidate graph is built by looking up the <= (2 ceil(D) + 1)^2 integer offsets within the
 tolerance disc for all predicted pixels at once (numpy broadcasting; no per-pixel Python loop).
@@ -20,11 +22,30 @@ tolerance disc for all predicted pixels at once (numpy broadcasting; no per-pixe
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from scipy import ndimage
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import maximum_bipartite_matching
+from scipy.sparse import csc_matrix, csr_matrix
+from scipy.sparse.csgraph import maximum_bipartite_matching, maximum_flow
+
+MatchingMethod = Literal["auto", "hopcroft_karp", "dinic"]
+
+# Graphs with at least this many edges are matched by Dinic max flow, smaller ones by Hopcroft-Karp.
+# scipy's HK (1.17.1) can take exponential time on layered graphs (scipy issue 26147): its DFS never
+# marks dead ends. Dinic prunes them (O(E sqrt V) on these unit networks) but costs ~0.2 ms plus
+# ~35 ns per edge, 5-25x HK where HK is well-behaved. Measured (scipy 1.17.1, 1 thread, a 2-core
+# machine shared with other jobs; bench/bench_matching.py and variants), worst HK time over random
+# dense bands (ground truth density 0.5, prediction 0.45, radius 4.4-8.8 px), tens of seeds per size:
+#   ~3.5-6k edges: <= 6 ms;  ~7.7k: 27 ms;  9.2k: 1.5 s;  13.6k: 26 s;  42k: > 100 s;  6.2M: > 95 s,
+# while Dinic took 0.5-1 ms on the small ones and 1.2 s on the largest (480x640, 6.2M edges); on
+# thinned Voronoi-cell boundaries at 480x640 (4.3M edges) HK 9.8 s, Dinic 0.26 s. At radius 2.2 px
+# (the smoke size, 120x160) HK stayed <= 20 ms up to 85k edges. The smoke bench's graphs have
+# <= 7.75k edges (HK 0.01-0.1 ms, Dinic 0.2-1 ms; all-Dinic doubles the matching time), its 480x640
+# ones 0.64-1.2M (HK 1.4-6 ms, Dinic 17-70 ms). 8000 keeps the smoke size on HK and sends every
+# graph on which HK was seen to blow up to Dinic; the margin is thin, as edges are only a proxy.
+DINIC_MIN_EDGES = 8_000
 
 
 def tolerance_pixels(max_dist: float, height: int, width: int) -> float:
@@ -33,7 +54,7 @@ def tolerance_pixels(max_dist: float, height: int, width: int) -> float:
 
 
 def disc_offsets(radius: float) -> np.ndarray:
-    """Integer (drow, dcol) offsets with drow^2 + dcol^2 <= radius^2, shape (K, 2)."""
+    """Integer (drow, dcol) offsets with drow^2 + dcol^2 <= radius^2, shape (K, 2), in raster order."""
     reach = math.ceil(radius)
     span = np.arange(-reach, reach + 1)
     drow, dcol = np.meshgrid(span, span, indexing="ij")
@@ -41,95 +62,50 @@ def disc_offsets(radius: float) -> np.ndarray:
     return np.stack([drow[inside], dcol[inside]], axis=1)
 
 
-def candidate_graph(
-    pred_rc: np.ndarray, gt_map: np.ndarray, radius: float, block_elements: int = 1 << 21
-) -> csr_matrix:
-    """Bipartite graph (len(pred_rc), #gt pixels): an entry where the two pixels lie within `radius`.
+def max_matching_size(graph: csr_matrix, method: MatchingMethod = "auto") -> int:
+    """Size of a maximum matching of a bipartite graph given as a (rows, cols) CSR matrix.
 
-    `pred_rc` are (row, col) integer coordinates (P, 2); ground-truth pixels are numbered in raster
-    order of `gt_map` (H, W) bool. Offsets are scanned in blocks of about `block_elements` lookups.
+    `method` "auto" uses Hopcroft-Karp below `DINIC_MIN_EDGES` edges and Dinic max flow from there;
+    "hopcroft_karp" and "dinic" force one (both are exact, so the size is the same).
     """
-    height, width = gt_map.shape
-    num_gt = int(gt_map.sum())
-    # ground-truth index per pixel of a copy padded by the reach, so that no bounds check is needed
-    reach = math.ceil(radius)
-    gt_index = np.full((height + 2 * reach, width + 2 * reach), -1, dtype=np.int64)
-    gt_index[reach : reach + height, reach : reach + width][gt_map] = np.arange(num_gt)
-    offsets = disc_offsets(radius)
-    rows = pred_rc[:, 0:1] + reach
-    cols = pred_rc[:, 1:2] + reach
-    block = max(1, block_elements // max(1, pred_rc.shape[0]))
-    rows_out: list[np.ndarray] = []
-    cols_out: list[np.ndarray] = []
-    for start in range(0, offsets.shape[0], block):
-        part = offsets[start : start + block]
-        target = gt_index[rows + part[:, 0], cols + part[:, 1]]  # (P, block)
-        pred_i, _ = np.nonzero(target >= 0)
-        rows_out.append(pred_i)
-        cols_out.append(target[target >= 0])
-    pred_idx = np.concatenate(rows_out) if rows_out else np.zeros(0, dtype=np.int64)
-    gt_idx = np.concatenate(cols_out) if cols_out else np.zeros(0, dtype=np.int64)
-    data = np.ones(pred_idx.shape[0], dtype=np.int8)
-    return csr_matrix((data, (pred_idx, gt_idx)), shape=(pred_rc.shape[0], num_gt))
-
-
-def max_matching_size(graph: csr_matrix) -> int:
-    """Size of a maximum matching of a bipartite graph given as a (rows, cols) sparse matrix."""
+    if method not in ("auto", "hopcroft_karp", "dinic"):
+        raise ValueError(f"unknown matching method {method!r}")
     if graph.shape[0] == 0 or graph.shape[1] == 0 or graph.nnz == 0:
         return 0
-    matched = maximum_bipartite_matching(graph, perm_type="column")
-    return int((matched >= 0).sum())
+    if method == "dinic" or (method == "auto" and graph.nnz >= DINIC_MIN_EDGES):
+        network = _unit_flow_network(graph)
+        return int(maximum_flow(network, 0, network.shape[0] - 1, method="dinic").flow_value)
+    return int((maximum_bipartite_matching(graph, perm_type="column") >= 0).sum())
 
 
-class BoundaryMatcher:
-    """Counts matches of one image's predicted boundary maps against its ground-truth boundary.
+def _unit_flow_network(graph: csr_matrix) -> csr_matrix:
+    """The flow network whose maximum flow is the maximum matching size of `graph` (R, C).
 
-    The candidate graph is built once over `support` (H, W) bool, a superset of every predicted map
-    that will be counted (e.g. the binarised map at the lowest threshold, since thinning only
-    deletes pixels), and restricted to each map's pixels; a map whose matchable pixels equal the
-    previous map's reuses its count. Support pixels farther than `radius` (plus a margin) from every
-    ground-truth pixel can never match: they get no graph row and only count as predicted.
+    Vertices: 0 the source, 1..R the rows, R+1..R+C the columns, R+C+1 the sink; unit-capacity arcs
+    source -> every row, row i -> column j for each edge (i, j), every column -> sink. Built directly
+    in CSR (int32, the type scipy's max flow works in); rows keep `graph`'s column order, so sorted
+    indices stay sorted.
     """
-
-    _OUTSIDE, _UNMATCHABLE = -2, -1
-
-    def __init__(self, gt_map: np.ndarray, support: np.ndarray, radius: float) -> None:
-        if gt_map.shape != support.shape:
-            raise ValueError(f"ground truth {gt_map.shape} and support {support.shape} differ in shape")
-        self.num_gt = int(gt_map.sum())
-        if self.num_gt:
-            near = ndimage.distance_transform_edt(~gt_map) <= radius + 1e-6
-            candidates = support & near
-        else:
-            candidates = np.zeros_like(support)
-        candidate_rc = np.argwhere(candidates)
-        self._index = np.full(support.shape, self._OUTSIDE, dtype=np.int64)
-        self._index[support] = self._UNMATCHABLE
-        self._index[candidates] = np.arange(candidate_rc.shape[0])
-        self._graph = candidate_graph(candidate_rc, gt_map, radius)
-        self._last_rows: np.ndarray | None = None
-        self._last_matched = 0
-
-    def count(self, pred_map: np.ndarray) -> tuple[int, int]:
-        """(matched pixels, predicted pixels) of `pred_map` (H, W) bool."""
-        index = self._index[pred_map]
-        if index.size and index.min() == self._OUTSIDE:
-            raise ValueError("a predicted boundary pixel lies outside the matcher's support")
-        rows = index[index >= 0]
-        if self._last_rows is None or not np.array_equal(rows, self._last_rows):
-            self._last_matched = max_matching_size(self._graph[rows])
-            self._last_rows = rows
-        return self._last_matched, int(index.shape[0])
-
-
-def match_counts(pred_maps: np.ndarray, gt_map: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
-    """Matched and predicted pixel counts (each (T,) int64) of `pred_maps` (T, H, W) against `gt_map`.
-
-    Matched is both cntP and cntR of the protocol (one ground truth per image).
-    """
-    matcher = BoundaryMatcher(gt_map, pred_maps.any(axis=0), radius)
-    counts = np.array([matcher.count(pred_map) for pred_map in pred_maps], dtype=np.int64).reshape(-1, 2)
-    return counts[:, 0], counts[:, 1]
+    num_rows, num_cols = graph.shape
+    num_edges, sink = graph.nnz, num_rows + num_cols + 1
+    indices = np.concatenate(
+        [
+            np.arange(1, num_rows + 1, dtype=np.int32),
+            graph.indices[:num_edges].astype(np.int32) + (num_rows + 1),
+            np.full(num_cols, sink, dtype=np.int32),
+        ]
+    )
+    indptr = np.concatenate(
+        [
+            [0, num_rows],
+            num_rows + graph.indptr[1:],
+            num_rows + num_edges + np.arange(1, num_cols + 1),
+            [num_rows + num_edges + num_cols],
+        ]
+    ).astype(np.int32)
+    return csr_matrix(
+        (np.ones(indices.shape[0], dtype=np.int32), indices, indptr), shape=(sink + 1, sink + 1)
+    )
 
 
 def _box_dilation(maps: np.ndarray, reach: int) -> np.ndarray:
@@ -140,81 +116,171 @@ def _box_dilation(maps: np.ndarray, reach: int) -> np.ndarray:
     return dilated.astype(bool)
 
 
-def batch_match_counts(
-    gt_maps: np.ndarray,
+def _gt_id_grid(gt_maps: np.ndarray, num_gt: np.ndarray, reach: int) -> np.ndarray:
+    """(B, H + 2 reach, W + 2 reach) int64: ground-truth ids per image, -1 where there is none.
+
+    Each image numbers its ground-truth pixels 0..num_gt-1 in raster order (the columns of its
+    graphs). The border of width `reach` lets every disc offset be looked up without bounds checks.
+    """
+    batch, height, width = gt_maps.shape
+    gt_id = np.full((batch, height + 2 * reach, width + 2 * reach), -1, dtype=np.int64)
+    first_id = np.cumsum(num_gt) - num_gt  # of each image, in the batch-wide raster numbering
+    ids = np.arange(int(num_gt.sum())) - np.repeat(first_id, num_gt)
+    gt_id[:, reach : reach + height, reach : reach + width][gt_maps] = ids
+    return gt_id
+
+
+def _flat_pixels(
     map_image: np.ndarray,
     pixel_map: np.ndarray,
     pixel_row: np.ndarray,
     pixel_col: np.ndarray,
-    radius: float,
+    height: int,
+    width: int,
 ) -> np.ndarray:
-    """Maximum-matching size of each of K predicted maps against its image's ground truth.
+    """Flat (image, row, col) index of every predicted pixel into the (B, H, W) batch."""
+    return (map_image[pixel_map] * height + pixel_row) * width + pixel_col
 
-    `gt_maps` (B,H,W) bool; map k belongs to image `map_image[k]`; the predicted maps are given by
-    their on-pixels (`pixel_map`, `pixel_row`, `pixel_col`; no repeats; within a map in raster
-    order, as `torch.nonzero` lists them). Returns (K,) int64: per map, the size of a maximum
-    matching of its pixels and its image's ground-truth pixels within `radius`, i.e. what
-    `BoundaryMatcher.count` computes one map at a time.
 
-    The candidate edges are looked up once per distinct (image, pixel) of the batch that lies within
-    `ceil(radius)` (Chebyshev) of a ground-truth pixel, and every map's graph is cut from them with
-    array operations. Each map is then matched by its own Hopcroft-Karp call (on a union of maps,
-    every phase would sweep all of them, which measured several times slower), with the smaller
-    side as rows: the map's pixels that have an edge, or all ground-truth pixels of its image (HK
-    keeps re-exploring from unmatched row vertices). A map with the same pixels as the previous map
-    of its image reuses that count. Like the per-image matcher before it, this relies on scipy's HK,
-    which can take exponential time on some layered graphs (scipy issue 26147): not seen at the
-    smoke size, but seen on wide boundary bands at 480x640.
-    """
-    batch, height, width = gt_maps.shape
-    num_maps = map_image.shape[0]
-    matched = np.zeros(num_maps, dtype=np.int64)
-    num_gt = gt_maps.reshape(batch, -1).sum(1)
-    if pixel_map.size == 0 or not num_gt.any():
-        return matched
-    reach = math.ceil(radius)
-    padded_h, padded_w = height + 2 * reach, width + 2 * reach
-    # per image, ground-truth ids 0..num_gt-1 in raster order, on a copy padded by the reach
-    gt_id = np.full((batch, padded_h, padded_w), -1, dtype=np.int64)
-    gt_id[:, reach : reach + height, reach : reach + width][gt_maps] = np.arange(
-        int(num_gt.sum())
-    ) - np.repeat(np.cumsum(num_gt) - num_gt, num_gt)
-    # distinct predicted pixels that may have a partner (box prefilter), and their edges
-    pixel = (map_image[pixel_map] * height + pixel_row) * width + pixel_col
-    reachable = _box_dilation(gt_maps, reach).reshape(-1)[pixel]
-    pixel_map, pixel = pixel_map[reachable], pixel[reachable]
-    used = np.zeros(batch * height * width, dtype=bool)
+def _distinct_pixels(pixel: np.ndarray, size: int) -> np.ndarray:
+    """The distinct flat pixels, ascending: maps of one image share pixels, whose edges are looked up once."""
+    used = np.zeros(size, dtype=bool)
     used[pixel] = True
-    support = np.flatnonzero(used)
+    return np.flatnonzero(used)
+
+
+@dataclass
+class _EdgeTable:
+    """Candidate edges of the distinct (image, pixel) nodes: the ground-truth ids within the radius.
+
+    Node i's neighbours are `gt[start[i] : start[i] + degree[i]]`, ascending (ids of its image).
+    """
+
+    gt: np.ndarray
+    degree: np.ndarray
+    start: np.ndarray
+
+
+def _candidate_edges(
+    gt_id: np.ndarray, support: np.ndarray, image_shape: tuple[int, int], radius: float
+) -> _EdgeTable:
+    """The edge table of the `support` pixels (flat indices), one vectorised disc lookup for all.
+
+    `gt_id` is `_gt_id_grid` padded by ceil(radius). Offsets in raster order on a raster-numbered
+    grid make each node's neighbours ascending.
+    """
+    height, width = image_shape
+    _, padded_h, padded_w = gt_id.shape
+    reach = math.ceil(radius)
     image, rest = np.divmod(support, height * width)
     row, col = np.divmod(rest, width)
     offsets = disc_offsets(radius)
     anchor = (image * padded_h + row + reach) * padded_w + col + reach
     lookup = gt_id.reshape(-1)[anchor[:, None] + (offsets[:, 0] * padded_w + offsets[:, 1])[None, :]]
-    edge_node, edge_slot = np.nonzero(lookup >= 0)  # grouped by support pixel
-    edge_gt = lookup[edge_node, edge_slot]
+    edge_node, edge_slot = np.nonzero(lookup >= 0)  # grouped by node
     degree = np.bincount(edge_node, minlength=support.shape[0])
-    edge_start = np.cumsum(degree) - degree
-    node_of = np.full(batch * height * width, -1, dtype=np.int64)
+    return _EdgeTable(gt=lookup[edge_node, edge_slot], degree=degree, start=np.cumsum(degree) - degree)
+
+
+def _rows_by_map(
+    pixel: np.ndarray, pixel_map: np.ndarray, support: np.ndarray, degree: np.ndarray, num_maps: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Graph rows of all maps: (node, owner, row_bounds).
+
+    The rows are the (map, pixel) pairs whose pixel has an edge (others can never match), as the
+    pixel's node in the edge table, grouped by map with each map's pixels kept in raster order; map
+    k owns rows row_bounds[k]:row_bounds[k+1].
+    """
+    node_of = np.full(int(support[-1]) + 1, -1, dtype=np.int64)
     node_of[support] = np.arange(support.shape[0])
-    # graph rows: (map, pixel) with at least one edge, grouped by map (raster order kept inside)
     node = node_of[pixel]
     keep = degree[node] > 0
     node, owner = node[keep], pixel_map[keep]
-    if node.size == 0:
-        return matched
     # stable sort by map (a radix sort for 16-bit keys) keeps each map's pixels in raster order
     order = np.argsort(owner.astype(np.uint16) if num_maps <= 1 << 16 else owner, kind="stable")
     node, owner = node[order], owner[order]
-    row_bounds = np.searchsorted(owner, np.arange(num_maps + 1))
-    lengths = degree[node]
+    return node, owner, np.searchsorted(owner, np.arange(num_maps + 1))
+
+
+@dataclass
+class _MapGraphs:
+    """The graphs of all maps in one CSR table, one row per (map, pixel), and per-map slicing.
+
+    Map k's graph has rows row_bounds[k]:row_bounds[k+1] of (`indptr`, `columns`; columns are its
+    image's ground-truth ids) and `num_cols[k]` columns. Where the ground truth is the smaller side
+    (`gt_left[k]`), the cut comes from `transposed`, the table in CSC with each map's columns offset
+    by col_bounds[map]: read as CSR, the (ground truth, pixel) graphs of all maps, map k's
+    ground-truth rows at col_bounds[k]:col_bounds[k+1].
+    """
+
+    node: np.ndarray
+    row_bounds: np.ndarray
+    indptr: np.ndarray
+    columns: np.ndarray
+    num_rows: np.ndarray
+    num_cols: np.ndarray
+    gt_left: np.ndarray
+    col_bounds: np.ndarray | None
+    transposed: csc_matrix | None
+
+    def same_as_previous(self, k: int, map_image: np.ndarray) -> bool:
+        """Whether map k has exactly the rows of map k-1 of the same image (its count is reused)."""
+        first, last = self.row_bounds[k], self.row_bounds[k + 1]
+        previous = self.row_bounds[k - 1] if k > 0 else first
+        return bool(
+            k > 0
+            and map_image[k - 1] == map_image[k]
+            and first - previous == last - first
+            and np.array_equal(self.node[first:last], self.node[previous:first])
+        )
+
+    def graph(self, k: int) -> csr_matrix:
+        """Map k's bipartite graph as CSR with the smaller side as rows.
+
+        Hopcroft-Karp keeps re-exploring from unmatched row vertices, so the side with fewer
+        vertices (the map's pixels that have an edge, or its image's ground-truth pixels) is the
+        cheaper one to put first. The arrays are views into the shared tables.
+        """
+        first, last = self.row_bounds[k], self.row_bounds[k + 1]
+        if self.gt_left[k]:
+            lo, hi = self.col_bounds[k], self.col_bounds[k + 1]
+            part = self.transposed.indptr[lo : hi + 1]
+            return csr_matrix(
+                (
+                    self.transposed.data[part[0] : part[-1]],
+                    self.transposed.indices[part[0] : part[-1]] - first,
+                    part - part[0],
+                ),
+                shape=(int(self.num_cols[k]), int(self.num_rows[k])),
+            )
+        part = self.indptr[first : last + 1]
+        return csr_matrix(
+            (
+                np.ones(part[-1] - part[0], dtype=np.int8),
+                self.columns[part[0] : part[-1]],
+                part - part[0],
+            ),
+            shape=(int(self.num_rows[k]), int(self.num_cols[k])),
+        )
+
+
+def _map_graphs(
+    node: np.ndarray, owner: np.ndarray, row_bounds: np.ndarray, edges: _EdgeTable, num_cols: np.ndarray
+) -> _MapGraphs:
+    """Copy each row's edge list out of the edge table into one CSR table; transpose where needed.
+
+    The transposed table is built only if some map has fewer ground-truth than predicted pixels: as
+    the CSC of the block-diagonal (row, map-offset ground truth) matrix, which is the CSR of the
+    (ground truth, pixel) graphs of all maps.
+    """
+    lengths = edges.degree[node]
     indptr = np.concatenate([[0], np.cumsum(lengths)])
-    position = np.repeat(edge_start[node] - indptr[:-1], lengths) + np.arange(indptr[-1])
-    columns = edge_gt[position]  # ground-truth ids within the map's image
-    num_rows, num_cols = np.diff(row_bounds), num_gt[map_image]
+    position = np.repeat(edges.start[node] - indptr[:-1], lengths) + np.arange(indptr[-1])
+    columns = edges.gt[position]  # ground-truth ids within the map's image
+    num_rows = np.diff(row_bounds)
     gt_left = num_cols < num_rows
-    transposed = None
-    if gt_left.any():  # CSC of the block-diagonal graph = CSR of the (ground truth, pixel) graph
+    col_bounds = transposed = None
+    if gt_left.any():
         col_bounds = np.concatenate([[0], np.cumsum(num_cols)])
         transposed = csr_matrix(
             (
@@ -224,38 +290,63 @@ def batch_match_counts(
             ),
             shape=(node.shape[0], int(col_bounds[-1])),
         ).tocsc()
-    indptr, columns = indptr.astype(np.int32), columns.astype(np.int32)
-    for k in np.flatnonzero(num_rows):
-        first, last = row_bounds[k], row_bounds[k + 1]
-        previous = row_bounds[k - 1] if k > 0 else first
-        if (
-            k > 0
-            and map_image[k - 1] == map_image[k]
-            and first - previous == last - first
-            and np.array_equal(node[first:last], node[previous:first])
-        ):
+    return _MapGraphs(
+        node=node,
+        row_bounds=row_bounds,
+        indptr=indptr.astype(np.int32),
+        columns=columns.astype(np.int32),
+        num_rows=num_rows,
+        num_cols=num_cols,
+        gt_left=gt_left,
+        col_bounds=col_bounds,
+        transposed=transposed,
+    )
+
+
+def batch_match_counts(
+    gt_maps: np.ndarray,
+    map_image: np.ndarray,
+    pixel_map: np.ndarray,
+    pixel_row: np.ndarray,
+    pixel_col: np.ndarray,
+    radius: float,
+    method: MatchingMethod = "auto",
+) -> np.ndarray:
+    """Maximum-matching size of each of K predicted maps against its image's ground truth.
+
+    `gt_maps` (B,H,W) bool; map k belongs to image `map_image[k]`; the predicted maps are given by
+    their on-pixels (`pixel_map`, `pixel_row`, `pixel_col`; no repeats; within a map in raster
+    order, as `torch.nonzero` lists them). Returns (K,) int64: per map, the size of a maximum
+    matching of its pixels and its image's ground-truth pixels within `radius`. `method` is passed
+    to `max_matching_size` (tests force either algorithm with it).
+
+    The candidate edges are looked up once per distinct (image, pixel) of the batch that lies within
+    `ceil(radius)` (Chebyshev) of a ground-truth pixel, and every map's graph is cut from them with
+    array operations. Each map is then matched on its own (on a union of maps, every Hopcroft-Karp
+    phase would sweep all of them, which measured several times slower). A map with the same pixels
+    as the previous map of its image reuses that count.
+    """
+    batch, height, width = gt_maps.shape
+    num_maps = map_image.shape[0]
+    matched = np.zeros(num_maps, dtype=np.int64)
+    num_gt = gt_maps.reshape(batch, -1).sum(1)
+    if pixel_map.size == 0 or not num_gt.any():
+        return matched
+    reach = math.ceil(radius)
+    pixel = _flat_pixels(map_image, pixel_map, pixel_row, pixel_col, height, width)
+    reachable = _box_dilation(gt_maps, reach).reshape(-1)[pixel]  # prefilter: no partner outside
+    pixel_map, pixel = pixel_map[reachable], pixel[reachable]
+    if pixel.size == 0:
+        return matched
+    support = _distinct_pixels(pixel, batch * height * width)
+    edges = _candidate_edges(_gt_id_grid(gt_maps, num_gt, reach), support, (height, width), radius)
+    node, owner, row_bounds = _rows_by_map(pixel, pixel_map, support, edges.degree, num_maps)
+    if node.size == 0:
+        return matched
+    graphs = _map_graphs(node, owner, row_bounds, edges, num_gt[map_image])
+    for k in np.flatnonzero(graphs.num_rows):
+        if graphs.same_as_previous(k, map_image):
             matched[k] = matched[k - 1]
-            continue
-        if gt_left[k]:
-            lo, hi = col_bounds[k], col_bounds[k + 1]
-            part = transposed.indptr[lo : hi + 1]
-            graph = csr_matrix(
-                (
-                    transposed.data[part[0] : part[-1]],
-                    transposed.indices[part[0] : part[-1]] - first,
-                    part - part[0],
-                ),
-                shape=(int(num_cols[k]), int(num_rows[k])),
-            )
         else:
-            part = indptr[first : last + 1]
-            graph = csr_matrix(
-                (
-                    np.ones(part[-1] - part[0], dtype=np.int8),
-                    columns[part[0] : part[-1]],
-                    part - part[0],
-                ),
-                shape=(int(num_rows[k]), int(num_cols[k])),
-            )
-        matched[k] = int((maximum_bipartite_matching(graph, perm_type="column") >= 0).sum())
+            matched[k] = max_matching_size(graphs.graph(k), method)
     return matched
