@@ -1,5 +1,8 @@
 """Per-image reference for the batched boundary matching (`boundary_matching.batch_match_counts`).
 
+Also `table_thin`, the thinning rule applied to every pixel as defined (the reference for the packed
+bitwise thinning).
+
 The matcher the metric used before the batched version: one candidate graph per image, built over a
 support map and restricted to each predicted map, each map matched by Hopcroft-Karp. The tests check
 the batched matcher and the meter against it (and it against brute force on tiny inputs).
@@ -14,6 +17,7 @@ from scipy import ndimage
 from scipy.sparse import csr_matrix
 
 from densepred.metrics.boundary_matching import disc_offsets, max_matching_size
+from densepred.metrics.boundary_ops import _NEIGHBOURS, _thinning_tables
 
 
 def candidate_graph(
@@ -97,3 +101,22 @@ def match_counts(pred_maps: np.ndarray, gt_map: np.ndarray, radius: float) -> tu
     matcher = BoundaryMatcher(gt_map, pred_maps.any(axis=0), radius)
     counts = np.array([matcher.count(pred_map) for pred_map in pred_maps], dtype=np.int64).reshape(-1, 2)
     return counts[:, 0], counts[:, 1]
+
+
+def table_thin(maps: np.ndarray) -> np.ndarray:
+    """Thinning of (N,H,W) maps by the deletion tables, re-examining every pixel in every subiteration."""
+    count, height, width = maps.shape
+    padded = np.zeros((count, height + 2, width + 2), dtype=np.int64)
+    padded[:, 1:-1, 1:-1] = maps
+    while True:
+        changed = False
+        for table in _thinning_tables():
+            code = sum(
+                padded[:, 1 + dr : 1 + dr + height, 1 + dc : 1 + dc + width] << bit
+                for bit, (dr, dc) in enumerate(_NEIGHBOURS)
+            )
+            doomed = table[code] & (padded[:, 1:-1, 1:-1] != 0)
+            padded[:, 1:-1, 1:-1][doomed] = 0
+            changed |= bool(doomed.any())
+        if not changed:
+            return padded[:, 1:-1, 1:-1].astype(bool)

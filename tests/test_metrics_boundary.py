@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from boundary_reference import match_counts, table_thin
 from densepred.metrics import BoundaryMeter
 from densepred.metrics.boundary import (
     average_precision,
@@ -231,7 +232,6 @@ def test_matches_numpy_brute_force_pipeline():
 
 def test_update_equals_plain_per_threshold_loop():
     """Distinct-map reuse, chunking and OIS bookkeeping against a straightforward loop."""
-    from boundary_reference import match_counts
     from densepred.metrics.boundary_matching import tolerance_pixels
     from densepred.metrics.boundary_ops import edge_nms, edge_orientation, seg2bmap, thin
 
@@ -269,27 +269,6 @@ def test_update_equals_plain_per_threshold_loop():
     assert state["ois"].tolist() == expected_ois
 
 
-def table_thin(maps: np.ndarray) -> np.ndarray:
-    """Reference thinning of (N,H,W) maps: the deletion tables applied to every pixel, as defined."""
-    from densepred.metrics.boundary_ops import _NEIGHBOURS, _thinning_tables
-
-    count, height, width = maps.shape
-    padded = np.zeros((count, height + 2, width + 2), dtype=np.int64)
-    padded[:, 1:-1, 1:-1] = maps
-    while True:
-        changed = False
-        for table in _thinning_tables():
-            code = sum(
-                padded[:, 1 + dr : 1 + dr + height, 1 + dc : 1 + dc + width] << bit
-                for bit, (dr, dc) in enumerate(_NEIGHBOURS)
-            )
-            doomed = table[code] & (padded[:, 1:-1, 1:-1] != 0)
-            padded[:, 1:-1, 1:-1][doomed] = 0
-            changed |= bool(doomed.any())
-        if not changed:
-            return padded[:, 1:-1, 1:-1].astype(bool)
-
-
 @pytest.mark.parametrize(
     "options",
     [
@@ -306,7 +285,6 @@ def test_update_equals_one_map_at_a_time_on_random_inputs(options, seed):
     plain definition: every (image, threshold) binarised, thinned and matched on its own."""
     from scipy import ndimage
 
-    from boundary_reference import match_counts
     from densepred.metrics.boundary_matching import tolerance_pixels
     from densepred.metrics.boundary_ops import edge_nms, edge_orientation, seg2bmap
 

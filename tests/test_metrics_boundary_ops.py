@@ -12,7 +12,7 @@ from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse import csr_matrix
 
-from boundary_reference import BoundaryMatcher, candidate_graph, match_counts
+from boundary_reference import BoundaryMatcher, candidate_graph, match_counts, table_thin
 from densepred.metrics import boundary_matching
 from densepred.metrics.boundary_matching import (
     batch_match_counts,
@@ -82,25 +82,6 @@ def reference_thin(image: np.ndarray) -> np.ndarray:
             changed |= bool(doomed)
         if not changed:
             return img.astype(bool)
-
-
-def table_thin(maps: np.ndarray) -> np.ndarray:
-    """Thinning of (N,H,W) maps by the deletion tables, re-examining every pixel in every subiteration."""
-    count, height, width = maps.shape
-    padded = np.zeros((count, height + 2, width + 2), dtype=np.int64)
-    padded[:, 1:-1, 1:-1] = maps
-    while True:
-        changed = False
-        for table in _thinning_tables():
-            code = sum(
-                padded[:, 1 + dr : 1 + dr + height, 1 + dc : 1 + dc + width] << bit
-                for bit, (dr, dc) in enumerate(_NEIGHBOURS)
-            )
-            doomed = table[code] & (padded[:, 1:-1, 1:-1] != 0)
-            padded[:, 1:-1, 1:-1][doomed] = 0
-            changed |= bool(doomed.any())
-        if not changed:
-            return padded[:, 1:-1, 1:-1].astype(bool)
 
 
 def random_blobs(rng: np.random.Generator, count: int, height: int, width: int) -> np.ndarray:
