@@ -27,10 +27,17 @@ ABLATION_TABLES = ("ablation_k", "ablation_depth", "ablation_scales", "ablation_
 _SOURCES = {
     "synth": ["src/densepred/data"],
     "prepare": ["src/densepred/data"],
-    "train": ["src/densepred/engine", "src/densepred/models", "src/densepred/losses", "src/densepred/data"],
+    "train": [
+        "src/densepred/engine",
+        "src/densepred/models",
+        "src/densepred/losses",
+        "src/densepred/ops.py",
+        "src/densepred/data",
+    ],
     "evaluate": [
         "src/densepred/engine",
         "src/densepred/models",
+        "src/densepred/ops.py",
         "src/densepred/metrics",
         "src/densepred/data",
         "src/densepred/figures.py",
@@ -40,6 +47,7 @@ _SOURCES = {
         "src/densepred/engine",
         "src/densepred/models",
         "src/densepred/losses",
+        "src/densepred/ops.py",
         "src/densepred/metrics",
         "src/densepred/data",
     ],

@@ -13,9 +13,9 @@ to the graph.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from densepred.losses.depth import check_masked_inputs
+from densepred.ops import l2_normalize
 
 
 def normals_valid_mask(normals: torch.Tensor) -> torch.Tensor:
@@ -36,7 +36,7 @@ def _masked_pixel_mean(per_pixel: torch.Tensor, valid: torch.Tensor, pred: torch
 def _prepare(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, normalize: bool):
     pred = pred.float()
     if normalize:
-        pred = F.normalize(pred, dim=1, eps=1e-12)
+        pred = l2_normalize(pred, dim=1, eps=1e-12)
     target = torch.where(valid, target.float(), 0.0)
     return pred, target
 

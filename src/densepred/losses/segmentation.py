@@ -23,6 +23,8 @@ Everything is computed in fp32.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -178,11 +180,16 @@ def instance_discrimination_loss(
 ) -> torch.Tensor:
     """Pixel-contrastive instance discrimination (CMT-DeepLab / kMaX), per image then averaged.
 
-    For the sampled pixels i, j: logits F_i.F_j / temperature, target t_ij = [same mask] normalised
-    per row; the loss is the soft-target cross-entropy averaged over rows. With `as_kl=True`
-    (default) the constant target entropy is subtracted, i.e. the value is KL(t || softmax), which
-    is 0 at the optimum. The gradient is identical to kMaX's cross-entropy; only the reported value
-    differs (our choice, so that the loss is comparable across images).
+    For the sampled pixels i, j: logits s_ij = F_i.F_j / temperature, target t_ij = [same mask] / n_i
+    with n_i the sampled pixels of i's mask; the loss is the soft-target cross-entropy
+    -sum_j t_ij log softmax_j(s_i) averaged over rows. With `as_kl=True` (default) the constant target
+    entropy log n_i is subtracted, i.e. the value is KL(t || softmax), which is 0 at the optimum. The
+    gradient is identical to kMaX's cross-entropy; only the reported value differs (our choice, so
+    that the loss is comparable across images).
+
+    Computed in the equivalent form logsumexp_j(s_ij) - F_i.(sum of F_j over i's mask) / (temperature
+    n_i): only the logit matrix is N x N, instead of the dense target, log-softmax and product
+    matrices (bench/bench_ops.py: 2.7x faster forward and backward at 1,280 pixels per image).
     """
     b, e = pixel_embedding.shape[:2]
     emb = pixel_embedding.float().reshape(b, e, -1)
@@ -192,17 +199,30 @@ def instance_discrimination_loss(
         idx = gumbel_topk_pixels(flat[i], num_classes, sample_k, sample_temperature, generator)
         if idx.numel() == 0:
             continue
-        feats = emb[i][:, idx].t()
-        same = (flat[i][idx][:, None] == flat[i][idx][None, :]).float()
-        target = same / same.sum(dim=1, keepdim=True)
-        log_p = torch.log_softmax(feats @ feats.t() / temperature, dim=1)
-        loss = -(target * log_p).sum(dim=1)
-        if as_kl:
-            loss = loss + (target * torch.log(target.clamp_min(1e-12))).sum(dim=1)
-        losses.append(loss.mean())
+        losses.append(_contrastive_rows(emb[i][:, idx].t(), flat[i][idx], temperature, as_kl).mean())
     if not losses:
         return _zero(pixel_embedding)
     return torch.stack(losses).mean()
+
+
+def _contrastive_rows(
+    feats: torch.Tensor, labels: torch.Tensor, temperature: float, as_kl: bool
+) -> torch.Tensor:
+    """Per-row soft-target cross-entropy (or KL) of `instance_discrimination_loss` for (N, E) feats.
+
+    With g = F / sqrt(temperature) the logits are g g^T; logsumexp_j(s_ij) is read off the fused
+    log-softmax diagonal as s_ii - log p_ii, so the only N x N work is one product and one
+    log-softmax (and their backward).
+    """
+    _, mask_of, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    scaled = feats / math.sqrt(temperature)
+    members = F.one_hot(mask_of, len(counts)).to(scaled.dtype)
+    mask_sum = members.t() @ scaled  # (masks, E): sum of the members' scaled embeddings
+    n = counts[mask_of].to(scaled.dtype)
+    log_p_self = torch.log_softmax(scaled @ scaled.t(), dim=1).diagonal()
+    log_partition = (scaled * scaled).sum(dim=1) - log_p_self
+    loss = log_partition - (scaled * mask_sum[mask_of]).sum(dim=1) / n
+    return loss - torch.log(n) if as_kl else loss
 
 
 def sampled_semantic_cross_entropy(

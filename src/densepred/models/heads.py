@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from densepred.models.backbones import Backbone, create_backbone
+from densepred.ops import l2_normalize
 from densepred.tasks import TASKS
 
 # Smallest depth a model can output (metres): keeps depth strictly positive, so log-depth metrics and
@@ -192,7 +193,7 @@ class TaskOutput(nn.Module):
         if self.task == "depth":
             return positive_depth(x, self.depth_activation, MIN_DEPTH, self.max_depth, self.depth_offset)
         if self.task == "normals":
-            return F.normalize(x, dim=1, eps=1e-12)
+            return l2_normalize(x, dim=1, eps=1e-12)
         return x
 
     def extra_repr(self) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from densepred.models.heads import depth_offset, positive_depth
@@ -29,6 +28,7 @@ from densepred.models.polymax.layers import (
     batch_norm_2d,
     trunc_normal_init,
 )
+from densepred.ops import l2_normalize
 
 
 class PixelEmbeddingHead(nn.Module):
@@ -47,7 +47,7 @@ class PixelEmbeddingHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.embed_bn(self.embed(self.pointwise(self.depthwise(x))))
         with torch.autocast(device_type=y.device.type, enabled=False):
-            return F.normalize(y.float(), dim=1)
+            return l2_normalize(y.float(), dim=1)
 
 
 class ClassHead(nn.Module):
@@ -114,7 +114,7 @@ class NormalHead(nn.Module):
 
     def forward(self, queries: torch.Tensor) -> torch.Tensor:
         """(B, K, D) -> (B, K, 3) unit vectors (fp32)."""
-        return F.normalize(self.mlp(queries).float(), dim=-1)
+        return l2_normalize(self.mlp(queries).float(), dim=-1)
 
 
 class ClusterPredictor(nn.Module):

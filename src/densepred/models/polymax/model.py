@@ -57,6 +57,7 @@ from densepred.models.polymax.layers import scale_channels, set_bn_momentum
 from densepred.models.polymax.pixel_decoder import DEFAULT_DEPTHS, DEFAULT_FILTERS, PixelDecoder
 from densepred.models.polymax.transformer_decoder import KMaXTransformerDecoder
 from densepred.models.registry import register_model
+from densepred.ops import l2_normalize
 
 POLYMAX_TASKS = ("semseg", "depth", "normals")
 INPUT_NORMS = ("kmax", "imagenet")
@@ -211,7 +212,7 @@ class PolyMaX(nn.Module):
         if self.task == "depth":
             # Upsampling is linear, so resizing the combined map equals combining resized maps.
             return _resize(combine_depth(probs, values), size)
-        return F.normalize(_resize(combine_normals(probs, values), size), dim=1)
+        return l2_normalize(_resize(combine_normals(probs, values), size), dim=1)
 
     def _aux_output(
         self, prediction: dict[str, torch.Tensor], size: Sequence[int], head_size: Sequence[int]
@@ -220,7 +221,7 @@ class PolyMaX(nn.Module):
         if self.task == "semseg":
             return {
                 "mask_logits": _resize(prediction["mask_logits"], head_size),
-                "pixel_embedding": F.normalize(_resize(prediction["pixel_embedding"], head_size), dim=1),
+                "pixel_embedding": l2_normalize(_resize(prediction["pixel_embedding"], head_size), dim=1),
                 "cluster_values": prediction["cluster_values"],
             }
         return {
