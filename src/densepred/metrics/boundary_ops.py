@@ -187,15 +187,17 @@ def _thinning_tables() -> tuple[np.ndarray, np.ndarray]:
     return first, second
 
 
-def _deletions(planes: Tensor, start: int, length: int, offsets: list[int], second: bool) -> Tensor:
+def _deletions(planes: Tensor | np.ndarray, start: int, length: int, offsets: list[int], second: bool):
     """Deletion bits of the flat pixels [start, start + length) of bit-packed maps (P, L) uint8.
+
+    Operators and slices only, so `planes` may be a torch tensor or a numpy array (same type out).
 
     The lookup-table conditions (`_thinning_tables`) as bitwise logic on the 8 neighbour planes, so
     one uint8 operation decides 8 maps at once: G1 (crossing number 1), G2 (2 <= min(n1, n2) <= 3)
     and G3 (first subiteration) or G3' (second).
     """
 
-    def x(k: int) -> Tensor:  # neighbour x_k, 1-based and cyclic (x9 = x1)
+    def x(k: int):  # neighbour x_k, 1-based and cyclic (x9 = x1)
         offset = start + offsets[(k - 1) % 8]
         return planes[:, offset : offset + length]
 
@@ -263,7 +265,13 @@ def packed_pixels(packed: Tensor, height: int, width: int) -> tuple[Tensor, Tens
 
 
 def thin_packed(packed: Tensor, height: int, width: int) -> Tensor:
-    """`thin` in place on maps packed by `pack_maps`; returns `packed`."""
+    """`thin` in place on maps packed by `pack_maps`; returns `packed`.
+
+    On CPU the same operator code runs on a numpy view of `packed` (shared memory, so the update
+    lands in `packed`): on these small arrays each operation is dispatch-bound, and numpy's dispatch
+    costs a fraction of torch's.
+    """
+    planes = packed.numpy() if packed.device.type == "cpu" else packed
     row = width + 2
     offsets = [dr * row + dc for dr, dc in _NEIGHBOURS]
     start, length = 1 + row, height * row  # rows 1..H of the padded maps (padding columns stay 0)
@@ -272,9 +280,9 @@ def thin_packed(packed: Tensor, height: int, width: int) -> Tensor:
     # two subiterations in a row without deletions leave a fixed point of both: the iteration that
     # MATLAB would run next changes nothing either
     while idle < 2:
-        delete = _deletions(packed, start, length, offsets, second)
+        delete = _deletions(planes, start, length, offsets, second)
         if bool(delete.any()):
-            packed[:, start : start + length] &= ~delete
+            planes[:, start : start + length] &= ~delete
             idle = 0
         else:
             idle += 1
