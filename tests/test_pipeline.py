@@ -51,6 +51,14 @@ def test_every_stage_has_log_threads_and_resources():
                 assert stage.threads >= 1
 
 
+def test_pretraining_starts_before_finetuning_before_the_rest():
+    stages = build_stages(load_params(SMOKE), "params/smoke.yaml")
+    priority = {s.name: s.priority for s in stages}
+    assert priority["pretrain_polymax_depth"] > priority["finetune_polymax_depth"] > 0
+    assert priority["finetune_stl_depth"] == priority["finetune_polymax_depth"]
+    assert all(s.priority == 0 for s in stages if s.kind not in ("train",))
+
+
 def test_job_settings_are_rule_params():
     """Each training stage tracks exactly its job's keys, so an edit reruns only that job's chain."""
     stages = {s.name: s for s in build_stages(load_params(SMOKE), "params/smoke.yaml")}

@@ -16,6 +16,7 @@ for _stage in stages_of("train"):
         log:
             _stage.log,
         threads: _stage.threads
+        priority: _stage.priority
         resources:
             **_stage.resources,
         shell:
