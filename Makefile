@@ -7,7 +7,7 @@ STAMP := $(VENV)/.pyproject.sha256
 RUN := PATH="$(BIN):$$PATH"
 CORES ?= all
 
-.PHONY: help venv table2 all test test-fast lint format schema report clean-results
+.PHONY: help venv bytecode table2 all test test-fast lint format schema report clean-results
 
 help:
 	@echo "make table2     build .venv if needed, then snakemake --cores $(CORES) results/table2.csv"
@@ -28,16 +28,22 @@ venv:
 		echo "$$want" > $(STAMP) && echo "venv: installed into .venv"; \
 	fi
 
-table2: venv
+# Every pipeline job is a fresh Python process. Where PYTHONDONTWRITEBYTECODE is set (as on our CI
+# machines), each would compile the package's sources again (about 1.8 s of CPU per job); compiling
+# them once here (only files changed since the last run) avoids that.
+bytecode: venv
+	@$(BIN)/python -m compileall -q src
+
+table2: bytecode
 	$(RUN) snakemake --cores $(CORES) results/table2.csv
 
-all: venv
+all: bytecode
 	$(RUN) snakemake --cores $(CORES) results/all
 
-test: venv
+test: bytecode
 	$(RUN) python -m pytest
 
-test-fast: venv
+test-fast: bytecode
 	$(RUN) python -m pytest -m "not slow"
 
 lint: venv
@@ -49,5 +55,5 @@ format: venv
 schema: venv
 	$(RUN) densepred schema
 
-report: venv
+report: bytecode
 	$(RUN) snakemake --cores $(CORES) --report report.html results/all
