@@ -1,0 +1,88 @@
+"""Share of the metric updates in the real evaluation loop, for trained checkpoints of a pipeline run.
+
+Runs `engine.evaluate.run_metrics` (data loading, forward, metric updates: the loop `densepred
+evaluate` runs) on the job's evaluation split and times the `MetricSuite.update` calls inside it.
+Needs the checkpoints of a finished smoke run (`make table2`):
+
+    .venv/bin/python bench/bench_eval_loop.py [--jobs mqtransformer polymax_semseg stl_edge]
+        [--repeats 5] [--params params/smoke.yaml]
+
+Prints, per job, the median loop time, the median time inside metric updates and their ratio.
+Run it with OMP_NUM_THREADS=1, as the pipeline runs its jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from densepred.config import load_params
+from densepred.engine import distributed as dist_utils
+from densepred.engine.build import build_eval_dataset
+from densepred.engine.checkpoint import load_checkpoint
+from densepred.engine.evaluate import eval_loader, model_from_checkpoint, run_metrics
+from densepred.engine.runtime import job_settings
+from densepred.metrics import MetricSuite
+
+
+def timed_loop(model, data, suite: MetricSuite, params, env, batch_size: int) -> tuple[float, float]:
+    """(loop seconds, seconds inside suite.update) of one pass over `data`."""
+    inside = 0.0
+    update = suite.update
+
+    def timed_update(*args, **kwargs) -> None:
+        nonlocal inside
+        start = time.perf_counter()
+        update(*args, **kwargs)
+        inside += time.perf_counter() - start
+
+    suite.update = timed_update
+    start = time.perf_counter()
+    with torch.no_grad():
+        run_metrics(model, eval_loader(data, batch_size, env), suite, params, env)
+    return time.perf_counter() - start, inside
+
+
+def measure(params_path: Path, job: str, repeats: int) -> tuple[float, float]:
+    """Median (loop, update) seconds over `repeats` passes for `job`'s finetuned checkpoint."""
+    params = load_params(params_path)
+    ckpt_path = Path(params.paths.runs) / job / "finetune" / "final.pt"
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"{ckpt_path}: run the pipeline first (make table2)")
+    env = dist_utils.setup("cpu")
+    eval_cfg = params.job(job).evaluate
+    with job_settings(params.runtime, env.device, params.seed):
+        model, meta = model_from_checkpoint(load_checkpoint(ckpt_path), ckpt_path)
+        model.eval()
+        data = build_eval_dataset(params, eval_cfg.dataset, eval_cfg.split, list(meta["tasks"]))
+        runs = []
+        for _ in range(repeats):
+            suite = MetricSuite.build(
+                meta["tasks"],
+                eval_cfg.dataset,
+                meta["num_classes"],
+                eval_cfg.boundary_thresholds,
+                eval_cfg.eigen_crop,
+            )
+            runs.append(timed_loop(model, data, suite, params, env, eval_cfg.batch_size))
+    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params/smoke.yaml"))
+    parser.add_argument("--jobs", nargs="+", default=["mqtransformer", "polymax_semseg", "stl_edge"])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    print(f"{'job':20s} {'loop ms':>9s} {'updates ms':>11s} {'share':>7s}")
+    for job in args.jobs:
+        loop, inside = measure(args.params, job, args.repeats)
+        print(f"{job:20s} {loop * 1e3:9.0f} {inside * 1e3:11.0f} {100 * inside / loop:6.1f}%")
+
+
+if __name__ == "__main__":
+    main()
