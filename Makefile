@@ -28,9 +28,9 @@ venv:
 		echo "$$want" > $(STAMP) && echo "venv: installed into .venv"; \
 	fi
 
-# Every pipeline job is a fresh Python process. Where PYTHONDONTWRITEBYTECODE is set (as on our CI
-# machines), each would compile the package's sources again (about 1.8 s of CPU per job); compiling
-# them once here (only files changed since the last run) avoids that.
+# Every pipeline job is a fresh Python process. Where PYTHONDONTWRITEBYTECODE is set (as on the
+# 2-core machines this project is tested on), each would compile the package's sources again (about
+# 1.8 s of CPU per job); compiling them once here (only files changed since the last run) avoids that.
 bytecode: venv
 	@$(BIN)/python -m compileall -q src
 

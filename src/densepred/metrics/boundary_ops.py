@@ -187,7 +187,9 @@ def _thinning_tables() -> tuple[np.ndarray, np.ndarray]:
     return first, second
 
 
-def _deletions(planes: Tensor | np.ndarray, start: int, length: int, offsets: list[int], second: bool):
+def _deletions(
+    planes: Tensor | np.ndarray, start: int, length: int, offsets: list[int], second: bool
+) -> Tensor | np.ndarray:
     """Deletion bits of the flat pixels [start, start + length) of bit-packed maps (P, L) uint8.
 
     Operators and slices only, so `planes` may be a torch tensor or a numpy array (same type out).
@@ -197,7 +199,7 @@ def _deletions(planes: Tensor | np.ndarray, start: int, length: int, offsets: li
     and G3 (first subiteration) or G3' (second).
     """
 
-    def x(k: int):  # neighbour x_k, 1-based and cyclic (x9 = x1)
+    def x(k: int) -> Tensor | np.ndarray:  # neighbour x_k, 1-based and cyclic (x9 = x1)
         offset = start + offsets[(k - 1) % 8]
         return planes[:, offset : offset + length]
 
