@@ -34,6 +34,7 @@ from scipy.sparse import csr_matrix
 from densepred.metrics.boundary_matching import (
     DINIC_MIN_EDGES,
     batch_match_counts,
+    disc_offsets,
     max_matching_size,
     tolerance_pixels,
 )
@@ -76,10 +77,8 @@ def pair_graph(gt: np.ndarray, pred: np.ndarray, radius: float) -> csr_matrix:
     gt_id[gt] = np.arange(gt_rc.shape[0])
     reach = math.ceil(radius)
     padded = np.pad(gt_id, reach, constant_values=-1)
-    span = np.arange(-reach, reach + 1)
-    drow, dcol = (axis.ravel() for axis in np.meshgrid(span, span, indexing="ij"))
-    inside = drow**2 + dcol**2 <= radius * radius
-    lookup = padded[pred_rc[:, :1] + reach + drow[inside], pred_rc[:, 1:] + reach + dcol[inside]]
+    offsets = disc_offsets(radius)
+    lookup = padded[pred_rc[:, :1] + reach + offsets[:, 0], pred_rc[:, 1:] + reach + offsets[:, 1]]
     rows, slots = np.nonzero(lookup >= 0)
     graph = csr_matrix(
         (np.ones(rows.shape[0], dtype=np.int8), (rows, lookup[rows, slots])),
