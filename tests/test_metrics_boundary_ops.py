@@ -23,7 +23,9 @@ from densepred.metrics.boundary_matching import (
 from densepred.metrics.boundary_ops import (
     _NEIGHBOURS,
     HED_THRESHOLDS,
+    _changed_region,
     _deletions,
+    _next_region,
     _thinning_tables,
     boundary_thresholds,
     conv_tri,
@@ -344,6 +346,37 @@ def test_bitwise_deletion_rule_equals_lookup_tables():
         delete = _deletions(packed, 1 + row, 3 * row, offsets, bool(second))
         centre = unpack_maps(torch.nn.functional.pad(delete, (1 + row, 1 + row)), 256, 3, 3)[:, 1, 1]
         assert np.array_equal(centre.numpy(), table)
+
+
+def test_thin_band_follows_deletions_of_both_rules():
+    # thick bars of different widths at different heights, some with holes: maps converge at
+    # different subiterations, so the examined band of rows shrinks and moves while others go on
+    rng = np.random.default_rng(11)
+    maps = np.zeros((21, 64, 40), dtype=bool)
+    for image in maps:
+        top, thickness = int(rng.integers(0, 40)), int(rng.integers(1, 24))
+        image[top : top + thickness, int(rng.integers(0, 12)) : int(rng.integers(20, 40))] = True
+        image[rng.random(image.shape) < 0.02] = False
+    got = thin(torch.from_numpy(maps)).numpy()
+    assert np.array_equal(got, table_thin(maps))
+
+
+def test_changed_region_same_for_numpy_and_torch():
+    # the torch branch is what GPU thinning runs
+    delete = np.zeros((3, 5 * 7), dtype=np.uint8)
+    assert _changed_region(delete, 7) is None
+    assert _changed_region(torch.from_numpy(delete), 7) is None
+    delete[1, 1 * 7 + 3] = 4  # plane 1, row 1
+    delete[2, 3 * 7 + 6] = 1  # plane 2, row 3, last byte of the row
+    expected = ((1, 2), (1, 3))
+    assert _changed_region(delete, 7) == _changed_region(torch.from_numpy(delete), 7) == expected
+
+
+def test_next_region_covers_both_subiterations_deletions_plus_one_row():
+    assert _next_region(((0, 1), (5, 7)), ((3, 3), (10, 12)), 20) == ((0, 3), (4, 13))
+    assert _next_region(None, ((2, 2), (1, 3)), 20) == ((2, 2), (1, 4))  # rows clipped to 1..H
+    assert _next_region(((0, 0), (20, 20)), None, 20) == ((0, 0), (19, 20))
+    assert _next_region(None, None, 20) is None  # both rules at a fixed point
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -18,7 +18,7 @@ This module implements those steps from their published descriptions:
   satisfying G1, G2 and G3 (first subiteration) or G1, G2 and G3' (second) are deleted in parallel,
   repeated until nothing changes. The rule is written down as a 256-entry lookup table on the
   8-neighbourhood (`_thinning_tables`) and evaluated as the equivalent bitwise logic on maps packed
-  8 per byte (`_deletions`), every pixel in every subiteration.
+  8 per byte (`_deletions`), in the groups of 8 maps and the rows that recent deletions can have changed.
 * `seg2bmap`: a pixel is on the boundary when its label differs from its east, south or south-east
   neighbour (last row: east only; last column: south only; bottom-right corner: never).
 
@@ -266,28 +266,74 @@ def packed_pixels(packed: Tensor, height: int, width: int) -> tuple[Tensor, Tens
     return plane * 8 + bit, row, col
 
 
+Span = tuple[int, int]  # (first, last), inclusive
+
+
+def _changed_region(delete: Tensor | np.ndarray, row: int) -> tuple[Span, Span] | None:
+    """(planes, rows) spans of a `_deletions` result (rows of `row` bytes) that delete a pixel, or None.
+
+    Two contiguous reductions: the maximum byte of each plane, and the planes OR-ed into one.
+    """
+    if isinstance(delete, np.ndarray):
+        planes = np.flatnonzero(delete.max(axis=1))
+        if planes.size == 0:
+            return None
+        rows = np.flatnonzero(np.bitwise_or.reduce(delete, axis=0).reshape(-1, row).max(axis=1))
+    else:
+        planes = delete.amax(1).nonzero().flatten().tolist()
+        if not planes:
+            return None
+        rows = delete.amax(0).view(-1, row).amax(1).nonzero().flatten().tolist()
+    return (int(planes[0]), int(planes[-1])), (int(rows[0]), int(rows[-1]))
+
+
+def _next_region(
+    changed: tuple[Span, Span] | None, previous: tuple[Span, Span] | None, height: int
+) -> tuple[Span, Span] | None:
+    """(planes, rows 1..height in padded numbering) the next subiteration examines; None: converged.
+
+    The next subiteration applies the deletion rule last evaluated two subiterations ago. A pixel
+    whose 3x3 neighbourhood has not changed since then gets the same answer (kept), so only the
+    planes that deleted pixels in the last two subiterations, in the rows within one of those
+    deletions, are examined again; with neither deleting anything, both rules are at a fixed point.
+    """
+    regions = [region for region in (changed, previous) if region is not None]
+    if not regions:
+        return None
+    planes = min(r[0][0] for r in regions), max(r[0][1] for r in regions)
+    rows = max(1, min(r[1][0] for r in regions) - 1), min(height, max(r[1][1] for r in regions) + 1)
+    return planes, rows
+
+
 def thin_packed(packed: Tensor, height: int, width: int) -> Tensor:
     """`thin` in place on maps packed by `pack_maps`; returns `packed`.
 
     On CPU the same operator code runs on a numpy view of `packed` (shared memory, so the update
     lands in `packed`): on these small arrays each operation is dispatch-bound, and numpy's dispatch
-    costs a fraction of torch's.
+    costs a fraction of torch's. After the first two subiterations (everything, once per rule)
+    each subiteration examines only the planes, and the band of rows, next to recent deletions
+    (`_next_region`): a thick blob is peeled from the outside in, so the band shrinks with it, and
+    packing maps that converge together into the same planes (thick ones apart from thin ones)
+    lets the plane range shrink too.
     """
     planes = packed.numpy() if packed.device.type == "cpu" else packed
     row = width + 2
     offsets = [dr * row + dc for dr, dc in _NEIGHBOURS]
-    start, length = 1 + row, height * row  # rows 1..H of the padded maps (padding columns stay 0)
-    idle = 0
+    everything = ((0, planes.shape[0] - 1), (1, height))  # padded rows 1..H (padding columns stay 0)
+    region: tuple[Span, Span] | None = everything
+    previous: tuple[Span, Span] | None = everything  # the second rule's first pass covers everything
     second = False
-    # two subiterations in a row without deletions leave a fixed point of both: the iteration that
-    # MATLAB would run next changes nothing either
-    while idle < 2:
-        delete = _deletions(planes, start, length, offsets, second)
-        if bool(delete.any()):
-            planes[:, start : start + length] &= ~delete
-            idle = 0
-        else:
-            idle += 1
+    while region is not None:
+        (plane_lo, plane_hi), (first, last) = region
+        active = planes[plane_lo : plane_hi + 1]
+        start, length = 1 + first * row, (last - first + 1) * row
+        delete = _deletions(active, start, length, offsets, second)
+        changed = _changed_region(delete, row)
+        if changed is not None:
+            active[:, start : start + length] &= ~delete
+            (lo, hi), (top, bottom) = changed
+            changed = (plane_lo + lo, plane_lo + hi), (first + top, first + bottom)
+        region, previous = _next_region(changed, previous, height), changed
         second = not second
     return packed
 
@@ -296,10 +342,11 @@ def thin(binary: Tensor) -> Tensor:
     """MATLAB bwmorph(binary, 'thin', Inf) on each map of a (N,H,W) boolean tensor.
 
     The maps are bit-packed, 8 per byte (`pack_maps`), and every subiteration evaluates the deletion
-    conditions of all pixels of all maps with about 50 whole-array bitwise operations
-    (`_deletions`): no per-pixel indexing, and each map costs an eighth of a byte per pixel. Maps
-    that have converged are simply left unchanged by later subiterations. Stops when an iteration
-    (both subiterations) deletes nothing in any map.
+    conditions of all pixels of all maps, in the band of rows that recent deletions can have
+    changed (`thin_packed`), with about 50 array-wide bitwise operations (`_deletions`): no
+    per-pixel indexing, and each map costs an eighth of a byte per pixel. Maps that have converged
+    are simply left unchanged by later subiterations. Stops when two subiterations in a row (one of
+    each rule) delete nothing in any map.
     """
     count, height, width = binary.shape
     if count == 0:
