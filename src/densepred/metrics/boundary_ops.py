@@ -272,18 +272,18 @@ Span = tuple[int, int]  # (first, last), inclusive
 def _changed_region(delete: Tensor | np.ndarray, row: int) -> tuple[Span, Span] | None:
     """(planes, rows) spans of a `_deletions` result (rows of `row` bytes) that delete a pixel, or None.
 
-    Two contiguous reductions: the maximum byte of each plane, and the planes OR-ed into one.
+    Two contiguous reductions, the maximum byte of each plane and of each row of the planes OR-ed
+    into one; from a device tensor, both come to the host in one transfer.
     """
     if isinstance(delete, np.ndarray):
-        planes = np.flatnonzero(delete.max(axis=1))
-        if planes.size == 0:
-            return None
-        rows = np.flatnonzero(np.bitwise_or.reduce(delete, axis=0).reshape(-1, row).max(axis=1))
+        plane_flags = delete.max(axis=1)
+        row_flags = np.bitwise_or.reduce(delete, axis=0).reshape(-1, row).max(axis=1)
     else:
-        planes = delete.amax(1).nonzero().flatten().tolist()
-        if not planes:
-            return None
-        rows = delete.amax(0).view(-1, row).amax(1).nonzero().flatten().tolist()
+        flags = torch.cat([delete.amax(1), delete.amax(0).view(-1, row).amax(1)]).cpu().numpy()
+        plane_flags, row_flags = flags[: delete.shape[0]], flags[delete.shape[0] :]
+    planes, rows = np.flatnonzero(plane_flags), np.flatnonzero(row_flags)
+    if planes.size == 0:
+        return None
     return (int(planes[0]), int(planes[-1])), (int(rows[0]), int(rows[-1]))
 
 
@@ -342,8 +342,8 @@ def thin(binary: Tensor) -> Tensor:
     """MATLAB bwmorph(binary, 'thin', Inf) on each map of a (N,H,W) boolean tensor.
 
     The maps are bit-packed, 8 per byte (`pack_maps`), and every subiteration evaluates the deletion
-    conditions of all pixels of all maps, in the band of rows that recent deletions can have
-    changed (`thin_packed`), with about 50 array-wide bitwise operations (`_deletions`): no
+    conditions of every pixel that recent deletions can have changed (the byte planes and band of
+    rows of `thin_packed`) with about 50 array-wide bitwise operations (`_deletions`): no
     per-pixel indexing, and each map costs an eighth of a byte per pixel. Maps that have converged
     are simply left unchanged by later subiterations. Stops when two subiterations in a row (one of
     each rule) delete nothing in any map.
