@@ -46,3 +46,23 @@ def test_unknown_job_exits_2(tmp_path, capsys):
     )
     assert code == 2
     assert "no job named 'nope'" in capsys.readouterr().err
+
+
+def test_synth_one_dataset_matches_the_combined_output(tmp_path, smoke_tree):
+    # the pipeline generates each dataset in its own stage; the data must not depend on which way
+    smoke_tree["synth"]["nyud"].update(num_images=6, num_test=2, height=32, width=40)
+    smoke_tree["synth"]["taskonomy"].update(buildings=3, views_per_building=3, size=32)
+    path = write_params(smoke_tree, tmp_path / "tiny.yaml")
+    assert main(["synth", "--params", str(path), "--out", str(tmp_path / "both")]) == 0
+    for name in ("nyud", "taskonomy"):
+        alone = tmp_path / f"{name}_alone"
+        assert main(["synth", "--params", str(path), "--dataset", name, "--out", str(alone)]) == 0
+        files = sorted(p.relative_to(alone) for p in alone.rglob("*") if p.is_file())
+        expected = sorted(
+            p.relative_to(tmp_path / "both" / name)
+            for p in (tmp_path / "both" / name).rglob("*")
+            if p.is_file()
+        )
+        assert files == expected and files
+        for rel in files:
+            assert (alone / rel).read_bytes() == (tmp_path / "both" / name / rel).read_bytes(), rel

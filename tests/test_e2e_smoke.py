@@ -210,3 +210,22 @@ def test_second_run_does_nothing_and_one_job_edit_reruns_its_chain(table2, workd
         assert jobs == {"finetune_polymax_depth": 1, "evaluate_polymax_depth_nyud": 1, "table2": 1}, jobs
     finally:
         params_file.write_text(original)
+
+
+def test_synthetic_nyud_edit_keeps_taskonomy_and_pretraining(table2, workdir):
+    params_file = workdir / "params" / "smoke.yaml"
+    original = params_file.read_text()
+    tree = yaml.safe_load(original)
+    tree["synth"]["nyud"] = {**tree["synth"]["nyud"], "num_images": tree["synth"]["nyud"]["num_images"] + 1}
+    params_file.write_text(yaml.safe_dump(tree, sort_keys=False))
+    try:
+        plan = _snakemake(workdir, "-n", "results/table2.csv")
+        assert plan.returncode == 0, plan.stderr[-4000:]
+        jobs = _planned_jobs(plan.stdout + plan.stderr)
+        params = load_params(params_file)
+        finetuned = {name for name, job in params.jobs.items() if job.finetune and "table2" in job.tables}
+        assert jobs["synth_nyud"] == jobs["prepare_nyud"] == 1, jobs
+        assert {rule for rule in jobs if rule.startswith("finetune_")} == {f"finetune_{n}" for n in finetuned}
+        assert not [rule for rule in jobs if rule.startswith("pretrain_") or "taskonomy" in rule], jobs
+    finally:
+        params_file.write_text(original)

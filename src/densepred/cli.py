@@ -1,6 +1,6 @@
 """`densepred <command>`: every pipeline stage is one command with explicit inputs and outputs.
 
-    densepred synth    --params P --out DIR
+    densepred synth    --params P [--dataset {nyud,taskonomy}] --out DIR
     densepred prepare  --params P --dataset {nyud,taskonomy} --src DIR --out DIR
     densepred train    --params P --job NAME --stage {pretrain,finetune} [--init CKPT] --out DIR
     densepred evaluate --params P --job NAME --ckpt CKPT --out FILE.json
@@ -40,9 +40,18 @@ def cmd_synth(args: argparse.Namespace) -> None:
     if params.synth is None:
         raise ValueError(f"{args.params}: profile {params.profile!r} has no `synth:` section (real data)")
     cfg = params.synth
+    writers = {  # the seed offsets keep each dataset the same whichever way it is generated
+        "nyud": lambda out: synthesize_nyud(out, seed=cfg.seed, **cfg.nyud.model_dump()),
+        "taskonomy": lambda out: synthesize_taskonomy(out, seed=cfg.seed + 1, **cfg.taskonomy.model_dump()),
+    }
+    if args.dataset is not None:
+        with atomic_dir(Path(args.out)) as tmp:
+            writers[args.dataset](tmp)
+        print(f"wrote {args.out} ({args.dataset})")
+        return
     with atomic_dir(Path(args.out)) as tmp:
-        synthesize_nyud(tmp / "nyud", seed=cfg.seed, **cfg.nyud.model_dump())
-        synthesize_taskonomy(tmp / "taskonomy", seed=cfg.seed + 1, **cfg.taskonomy.model_dump())
+        for name, write in writers.items():
+            write(tmp / name)
     print(f"wrote {args.out}/nyud and {args.out}/taskonomy")
 
 
@@ -145,7 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("synth", cmd_synth, "Generate synthetic NYUD-v2 and Taskonomy in their real on-disk formats.")
     _add_common(p)
-    p.add_argument("--out", required=True, help="output folder (gets nyud/ and taskonomy/)")
+    p.add_argument("--dataset", choices=["nyud", "taskonomy"], help="generate only this dataset")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder: the dataset's raw root, or (no --dataset) nyud/ and taskonomy/",
+    )
 
     p = add("prepare", cmd_prepare, "Validate a raw dataset and convert it to prepared shards.")
     _add_common(p)
