@@ -238,14 +238,10 @@ class BoundaryMeter(Meter):
 
         Job (b, t) is the map edges[b] > thresholds[t] (levels[b] > t), or the ground-truth boundary
         of image b for t = -1. Jobs go in chunks of about `chunk_elements` pixels, bit-packed 8 maps
-        per byte (`boundary_ops.pack_maps`), ordered by threshold: maps of similar thickness, which
-        need similar numbers of thinning passes, share bytes, so `thin_packed` can leave the thin
-        maps' bytes early. Within one job the pixels come in raster order.
+        per byte (`boundary_ops.pack_maps`). Within one job the pixels come in raster order.
         """
         _, height, width = levels.shape
         per_chunk = max(1, self.chunk_elements // (height * width))
-        order = np.lexsort((jobs[:, 0], jobs[:, 1]))  # by threshold, then image
-        jobs = jobs[order]
         found: list[tuple[Tensor, Tensor, Tensor]] = []
         for start in range(0, len(jobs), per_chunk):
             chunk = torch.from_numpy(jobs[start : start + per_chunk]).to(levels.device)
@@ -259,8 +255,7 @@ class BoundaryMeter(Meter):
                 packed = thin_packed(packed, height, width)
             job, row, col = packed_pixels(packed, height, width)
             found.append((job + start, row, col))
-        job, row, col = (torch.cat(parts).cpu().numpy() for parts in zip(*found))
-        return order[job], row, col
+        return tuple(torch.cat(parts).cpu().numpy() for parts in zip(*found))
 
     def _prepare(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Validated (B,H,W) float32 probabilities (quantised if asked) and (B,H,W) bool ground truth."""

@@ -313,8 +313,7 @@ def thin_packed(packed: Tensor, height: int, width: int) -> Tensor:
     costs a fraction of torch's. After the first two subiterations (everything, once per rule)
     each subiteration examines only the planes, and the band of rows, next to recent deletions
     (`_next_region`): a thick blob is peeled from the outside in, so the band shrinks with it, and
-    packing maps that converge together into the same planes (thick ones apart from thin ones)
-    lets the plane range shrink too.
+    planes whose 8 maps have all converged drop out at either end of the range.
     """
     planes = packed.numpy() if packed.device.type == "cpu" else packed
     row = width + 2
