@@ -1,6 +1,7 @@
 """Cost of the metric updates relative to the model forward, at the smoke evaluation size.
 
-Setting (params/smoke.yaml, evaluate): batch 8 at 120x160, NYUD 40 classes, 4 tasks. The model is
+Setting (params/smoke.yaml): the evaluation batch size at the synthetic NYUD frame size (8 at 96x128),
+NYUD 40 classes, 4 tasks. The model is
 the smoke MQTransformer (test_convnext backbone, width_mult 0.25, 16 queries, random init); with
 `--model toy` (or if that model cannot be built) a 1x1-conv head per task on the smoke backbone.
 Each figure is the median over `--repeats` timed runs after `--warmup` untimed ones, in ms per batch.
@@ -20,15 +21,19 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from densepred.config import load_params
 from densepred.metrics import MetricSuite
 from densepred.models import create_model
 from densepred.models.backbones import create_backbone
 
-BATCH, HEIGHT, WIDTH, CLASSES = 8, 120, 160, 40
+_SMOKE = load_params(Path(__file__).resolve().parents[1] / "params" / "smoke.yaml")
+BATCH = _SMOKE.job("mqtransformer").evaluate.batch_size
+HEIGHT, WIDTH, CLASSES = _SMOKE.synth.nyud.height, _SMOKE.synth.nyud.width, 40
 TASKS = ["semseg", "depth", "normals", "edge"]
 
 
