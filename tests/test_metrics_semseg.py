@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from densepred.metrics import SemsegMeter
+from densepred.metrics.semseg import first_argmax
 
 # 3 classes; class 2 is absent from ground truth and prediction. 255 = ignore.
 TARGET = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 255]])
@@ -45,6 +46,19 @@ def test_logits_equal_labels_and_first_index_on_ties():
     tie = SemsegMeter(3)
     tie.update(torch.zeros(1, 3, 1, 1), torch.zeros(1, 1, 1, dtype=torch.long))  # all equal -> class 0
     assert tie.compute()["pixel_acc"] == 100.0
+
+
+@pytest.mark.parametrize("values", ["distinct", "ties"])
+def test_first_argmax_equals_torch_argmax(values):
+    generator = torch.Generator().manual_seed(1)
+    if values == "distinct":
+        logits = torch.randn(3, 7, 5, 6, generator=generator, dtype=torch.float64)
+    else:  # few levels: most pixels tie between several classes, the first must win
+        logits = torch.randint(0, 3, (3, 7, 5, 6), generator=generator).float()
+    expected = logits.argmax(dim=1)
+    assert torch.equal(first_argmax(logits), expected)
+    assert torch.equal(first_argmax(logits.contiguous(memory_format=torch.channels_last)), expected)
+    assert torch.equal(first_argmax(logits[:, :1]), torch.zeros_like(expected))  # one class
 
 
 def test_batch_split_order_dtype_and_layout_invariance():
