@@ -1,8 +1,8 @@
 """Cost of the metric updates relative to the model forward, at the smoke evaluation size.
 
 Setting (params/smoke.yaml): the evaluation batch size at the synthetic NYUD frame size (8 at 96x128),
-NYUD 40 classes, 4 tasks. The model is
-the smoke MQTransformer (test_convnext backbone, width_mult 0.25, 16 queries, random init); with
+NYUD 40 classes, 4 tasks. The model is the smoke MQTransformer (test_convnext backbone, width_mult
+0.25, 16 queries, random init); with
 `--model toy` (or if that model cannot be built) a 1x1-conv head per task on the smoke backbone.
 Each figure is the median over `--repeats` timed runs after `--warmup` untimed ones, in ms per batch.
 
