@@ -30,10 +30,12 @@ from densepred.config import load_params
 from densepred.metrics import MetricSuite
 from densepred.models import create_model
 from densepred.models.backbones import create_backbone
+from densepred.tasks import dataset_info
 
 _SMOKE = load_params(Path(__file__).resolve().parents[1] / "params" / "smoke.yaml")
 BATCH = _SMOKE.job("mqtransformer").evaluate.batch_size
-HEIGHT, WIDTH, CLASSES = _SMOKE.synth.nyud.height, _SMOKE.synth.nyud.width, 40
+HEIGHT, WIDTH = _SMOKE.synth.nyud.height, _SMOKE.synth.nyud.width
+CLASSES = dataset_info("nyud").num_classes
 TASKS = ["semseg", "depth", "normals", "edge"]
 
 

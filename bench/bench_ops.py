@@ -1,14 +1,17 @@
-"""Forward + backward time of two training hot spots, the library form against the textbook form.
+"""Time of three hot spots, the library form against the textbook form.
 
   * `ops.l2_normalize` against `F.normalize` along the channel axis of NCHW maps (normals outputs,
     PolyMaX pixel embeddings);
   * `losses.segmentation.instance_discrimination_loss` (closed form: only the logit matrix is N x N)
-    against the dense form (target, log-softmax and product matrices), N sampled pixels per image.
+    against the dense form (target, log-softmax and product matrices), N sampled pixels per image;
+  * `metrics.semseg.first_argmax` against `Tensor.max(dim=1)` on NCHW logits (SemsegMeter's labels;
+    evaluation, so forward only).
 
     .venv/bin/python bench/bench_ops.py [--repeats 15] [--threads 1]
 
-Shapes follow the smoke profile (batch 8 at 120x160, embeddings at 1/4 resolution) and one
-paper-profile embedding size. Prints the median milliseconds and the ratio.
+Shapes follow the smoke profile (batch 8; training ops at 120x160 with embeddings at 1/4
+resolution, logits at the 96x128 NYUD frames with 40 classes) and one paper-profile size. Prints the
+median milliseconds and the ratio.
 """
 
 from __future__ import annotations
@@ -22,16 +25,22 @@ import torch
 import torch.nn.functional as F
 
 from densepred.losses.segmentation import instance_discrimination_loss
+from densepred.metrics.semseg import first_argmax
 from densepred.ops import l2_normalize
 
 
-def median_ms(step: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, repeats: int) -> float:
-    """Median wall time of `step(x).sum().backward()` over `repeats` runs, after one warm-up."""
+def median_ms(
+    step: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, repeats: int, backward: bool = True
+) -> float:
+    """Median wall time of `step(x).sum().backward()` (or of `step(x)` alone with `backward=False`)
+    over `repeats` runs, after one warm-up."""
     times = []
     for _ in range(repeats + 1):
-        leaf = x.detach().requires_grad_(True)
+        leaf = x.detach().requires_grad_(backward)
         start = time.perf_counter()
-        step(leaf).sum().backward()
+        out = step(leaf)
+        if backward:
+            out.sum().backward()
         times.append(time.perf_counter() - start)
     return sorted(times[1:])[repeats // 2] * 1e3
 
@@ -72,6 +81,11 @@ def main() -> None:
         )
         case = f"instance discrimination B={b} E={e} N={h * w}"
         print(f"{case:44s} {slow:12.2f} {fast:9.2f} {slow / fast:6.1f}")
+    for shape in [(8, 40, 96, 128), (1, 40, 480, 640)]:
+        logits = torch.randn(*shape)
+        slow = median_ms(lambda t: t.max(dim=1).indices, logits, args.repeats, backward=False)
+        fast = median_ms(first_argmax, logits, args.repeats, backward=False)
+        print(f"{'first_argmax ' + str(shape):44s} {slow:12.2f} {fast:9.2f} {slow / fast:6.1f}")
 
 
 if __name__ == "__main__":

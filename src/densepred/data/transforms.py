@@ -29,9 +29,10 @@ Evaluation (`EvalTransform`): the full image, padded at the bottom/right to a mu
 added so predictions are cropped back with `unpad` before metrics. This is the kMaX-DeepLab
 policy (pad, never resize the labels); MQTransformer evaluates its 425x560 images at full size too.
 Padding is not neutral: the padded pixels enter the convolutions at the border and every global
-layer (PolyMaX's k-means cross-attention over all pixels among them). On 120x160 smoke frames the 8
-padded rows raised a smoke PolyMaX's depth RMS from 0.89 to 1.11 m (MQTransformer: 0.96 either way),
-so the smoke profile uses 96x128 frames, a multiple of 32 like real NYUD-v2's 480x640: no padding.
+layer (PolyMaX's k-means updates assign every pixel, padded ones included, to a cluster). Padding
+120x160 frames by 8 rows raised a smoke PolyMaX's depth RMS from 0.89 to 1.11 m (MQTransformer:
+0.96 either way). The official NYUD-v2 frames (480x640) and the smoke profile's 96x128 frames are
+multiples of 32 and are not padded; the multi-task layout's 425x560 frames are (to 448x576).
 """
 
 from __future__ import annotations

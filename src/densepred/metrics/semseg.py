@@ -30,7 +30,8 @@ def first_argmax(logits: Tensor) -> Tensor:
 
     On CPU, torch reduces over the strided class axis of an NCHW tensor slowly (16 ms for 8x40x96x128
     on one thread); a running maximum, one vectorised comparison per class, gives the same labels in
-    about 9 ms (semseg updates in `bench/bench_eval_loop.py`: 160 -> 100 ms per smoke test pass).
+    9 ms (`bench/bench_ops.py`; SemsegMeter updates in `bench/bench_eval_loop.py`: 160 -> 100 ms per
+    pass over the smoke test split).
     Other devices and layouts (channels-last logits reduce quickly) use `Tensor.max`. The logits must
     be finite (the meter checks this first): NaN would compare differently in the two forms.
     """
