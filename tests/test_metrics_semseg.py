@@ -48,17 +48,22 @@ def test_logits_equal_labels_and_first_index_on_ties():
     assert tie.compute()["pixel_acc"] == 100.0
 
 
-@pytest.mark.parametrize("values", ["distinct", "ties"])
+@pytest.mark.parametrize("values", ["distinct", "ties", "signed_zeros", "many_classes"])
 def test_first_argmax_equals_torch_argmax(values):
     generator = torch.Generator().manual_seed(1)
     if values == "distinct":
         logits = torch.randn(3, 7, 5, 6, generator=generator, dtype=torch.float64)
-    else:  # few levels: most pixels tie between several classes, the first must win
+    elif values == "ties":  # few levels: most pixels tie between several classes, the first must win
         logits = torch.randint(0, 3, (3, 7, 5, 6), generator=generator).float()
+    elif values == "signed_zeros":  # -0.0 and 0.0 are equal maxima: the first class must win
+        logits = -torch.randint(0, 2, (3, 7, 5, 6), generator=generator).float()
+        logits[torch.rand(logits.shape, generator=generator) < 0.5] = -0.0
+    else:  # more classes than the uint8 weights hold: the Tensor.max fallback
+        logits = torch.randint(0, 5, (2, 300, 3, 4), generator=generator).float()
     expected = logits.argmax(dim=1)
     assert torch.equal(first_argmax(logits), expected)
     assert torch.equal(first_argmax(logits.contiguous(memory_format=torch.channels_last)), expected)
-    one_class = logits[:, :1].contiguous()  # the running-maximum path with no comparison
+    one_class = logits[:, :1].contiguous()
     assert torch.equal(first_argmax(one_class), torch.zeros_like(expected))
 
 

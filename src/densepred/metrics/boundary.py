@@ -23,9 +23,9 @@ odsf, oisf and ap are reported in percent (the tables print odsF x 100, e.g. 78.
 
 Defaults are the NYUD-v2 settings: max_dist 0.011 and the 101 HED thresholds; the smoke profile
 passes fewer thresholds. NMS and thinning run batched in torch on the predictions' device (the
-binary maps bit-packed, 8 per byte); the matching runs on the CPU with scipy, one maximum-matching
-call per distinct binary map (Hopcroft-Karp, or Dinic max flow for large graphs), all graphs of a
-batch cut from one table of candidate edges.
+binary maps bit-packed, 8 per byte); the matching runs on the CPU with scipy on each distinct
+binary map, all graphs of a batch cut from one table of candidate edges: the small graphs of a
+batch together in one Hopcroft-Karp call, each large one alone by Dinic max flow.
 """
 
 from __future__ import annotations

@@ -12,8 +12,14 @@ Table 2 columns Mean, Med, RMS, delta1; MTI-Net's file-based evaluation for the 
 The median needs every angle, which does not fit in memory on NYUD (150M+ pixels). We keep a
 histogram of `bin_width` degrees (default 0.0025: 72,000 int64 bins) and return the centre of the bin
 holding each middle rank, averaged over the two middle ranks for an even count, as numpy's median
-does. The result is within bin_width/2 of the exact median. The other keys are exact: sums and
-threshold counts are accumulated directly, not read from the histogram.
+does. The result is within bin_width/2 of the exact median (plus the float32 rounding of angle /
+bin_width, far below it). The other keys are exact for the computed angles: sums and threshold
+counts are accumulated directly, not read from the histogram.
+
+Angles are computed in float32, as ATRC/MQTransformer/InvPT (torch) and deeplab2 (TensorFlow)
+compute them, and summed per image in float32, then over images in float64. Invalid pixels get
+angle 0 by a multiplication with the 0/1 mask (exact, and on CPU far cheaper than `torch.where`);
+their count is then taken off histogram bin 0 and the threshold counts.
 """
 
 from __future__ import annotations
@@ -23,28 +29,30 @@ import math
 import torch
 from torch import Tensor
 
-from densepred.metrics.base import Meter, compute_device
+from densepred.metrics.base import Meter, compute_device, count_true
 
 THRESHOLDS_DEG = (11.25, 22.5, 30.0)
 THRESHOLD_KEYS = ("a11_25", "a22_5", "a30")
 
 
-def _length(vectors: Tensor, dim: int) -> Tensor:
-    """Euclidean length of 3-vectors along `dim` (keepdim), from components: much faster than
-    `Tensor.norm(dim=1)` on NCHW tensors."""
-    x, y, z = vectors.unbind(dim)
-    return torch.sqrt(x * x + y * y + z * z).unsqueeze(dim)
+def _length(vectors: Tensor, dim: int, overwrite: bool = False) -> Tensor:
+    """Euclidean length of 3-vectors along `dim` (keepdim), as the square root of a sum of squares
+    (much faster than `Tensor.norm(dim=1)` on NCHW tensors). With `overwrite` the squares replace
+    `vectors`, saving a temporary of their size."""
+    squares = vectors.mul_(vectors) if overwrite else vectors * vectors
+    return squares.sum(dim, keepdim=True).sqrt_()
 
 
 def angular_error_deg(pred: Tensor, target: Tensor, dim: int = 1) -> Tensor:
     """Angles in degrees between the 3-vectors along `dim`: 2 atan2(|a - b|, |a + b|), both normalised.
 
     Zero vectors stay zero after normalisation (so a zero prediction scores 90 degrees against any
-    unit target).
+    unit target). The inputs are left untouched; the sum a + b is formed in a's buffer.
     """
-    a = pred / _length(pred, dim).clamp_min(torch.finfo(pred.dtype).tiny)
-    b = target / _length(target, dim).clamp_min(torch.finfo(target.dtype).tiny)
-    difference, total = _length(a - b, dim).squeeze(dim), _length(a + b, dim).squeeze(dim)
+    a = pred / _length(pred, dim).clamp_min_(torch.finfo(pred.dtype).tiny)
+    b = target / _length(target, dim).clamp_min_(torch.finfo(target.dtype).tiny)
+    difference = _length(a - b, dim, overwrite=True).squeeze(dim)
+    total = _length(a.add_(b), dim, overwrite=True).squeeze(dim)
     return torch.rad2deg(2.0 * torch.atan2(difference, total))
 
 
@@ -87,18 +95,24 @@ class NormalsMeter(Meter):
         self._check_finite(target, "target")
         device = compute_device(pred.device)
         self._begin_update(device)
-        pred = pred.to(device, torch.float64)
-        target = target.to(device, torch.float64)
-        valid = (target != 0).any(dim=1)
-        angles = torch.where(valid, angular_error_deg(pred, target, dim=1), 0.0)
-        # invalid pixels go to one extra bin, dropped below (cheaper than masking them out)
-        bins = (angles / self.bin_width).long().clamp_(max=self.num_bins - 1)
-        bins = torch.where(valid, bins, self.num_bins)
-        self._state["histogram"] += torch.bincount(bins.reshape(-1), minlength=self.num_bins + 1)[:-1]
-        self._state["sums"] += torch.stack([angles.sum(), (angles**2).sum()])
-        below = [(valid & (angles < limit)).sum() for limit in THRESHOLDS_DEG]
+        pred = pred.to(device, torch.float32).contiguous()
+        target = target.to(device, torch.float32).contiguous()
+        # (B,H*W): some non-zero component (max and min avoid a temporary |target|)
+        valid = ((target.amax(dim=1) > 0) | (target.amin(dim=1) < 0)).flatten(1)
+        num_valid = count_true(valid).sum()
+        angles = angular_error_deg(pred, target, dim=1).flatten(1)
+        invalid = valid.numel() - num_valid
+        if int(invalid):
+            angles = angles * valid.to(angles.dtype)  # invalid pixels: angle 0
+        bins = (angles / self.bin_width).to(torch.int32).clamp_(max=self.num_bins - 1)
+        histogram = torch.bincount(bins.reshape(-1), minlength=self.num_bins)
+        histogram[0] -= invalid
+        self._state["histogram"] += histogram
+        per_image = torch.stack([angles.sum(1), (angles * angles).sum(1)]).double()
+        self._state["sums"] += per_image.sum(1)
+        below = [count_true(angles < limit).sum() - invalid for limit in THRESHOLDS_DEG]
         self._state["below"] += torch.stack(below)
-        self._state["num_pixels"] += valid.sum()
+        self._state["num_pixels"] += num_valid
 
     def _median(self) -> float:
         """Median from the histogram: mean of the bin centres holding ranks (n-1)//2 and n//2."""
