@@ -24,12 +24,13 @@ pixels (gt > 0) of the dataset, no depth cap and no crop:
 Predictions are clamped below at 1e-9 (InvPT's rule; MQTransformer clamps at 0 for its RMSE only,
 which differs by at most 1e-9 m per pixel).
 
-Per-pixel terms are computed in float32, the precision of the published evaluations (BTS's numpy
-script, deeplab2's TensorFlow metrics and the ATRC/MQTransformer torch meters all work on float32
-maps), and summed per image in float32 (torch's cascaded sums) and over images in float64 on the batch's
-device, so a split of the data into other batches changes a result only in its last float64
-digits. The delta thresholds 1.25, 1.25^2 and 1.25^3 are exact in float32. Masked pixels take the
-neutral pair p = gt = 1 (`_neutral_outside`), whose error terms are exactly zero and whose ratio
+Per-pixel terms are computed in float32, as the published evaluations compute them (BTS's numpy
+script and the ATRC/MQTransformer torch meters work on float32 maps), summed per image in float32
+(torch's cascaded sums) and over images in float64 on the batch's device. Splitting the data into
+other batches changes a result only at float32 rounding level: torch's vectorised `log` and its
+scalar tail may differ in the last bit, so a pixel's terms can depend on its position in the batch.
+The delta thresholds 1.25, 1.25^2 and 1.25^3 are exact in float32. Masked pixels take the neutral
+pair p = gt = 1 (`_neutral_outside`), whose error terms are exactly zero and whose ratio
 is 1, instead of a multiplication of every term by the mask.
 """
 

@@ -16,8 +16,9 @@ does. The result is within bin_width/2 of the exact median (plus the float32 rou
 bin_width, far below it). The other keys are exact for the computed angles: sums and threshold
 counts are accumulated directly, not read from the histogram.
 
-Angles are computed in float32, as ATRC/MQTransformer/InvPT (torch) and deeplab2 (TensorFlow)
-compute them, and summed per image in float32, then over images in float64. Invalid pixels get
+Angles are computed in float32, as the ATRC/MQTransformer/InvPT torch meters compute them, and
+summed per image in float32, then over images in float64 (torch's vectorised `atan2` and its scalar
+tail may differ in the last bit, so other batch splits agree to float32 rounding). Invalid pixels get
 angle 0 by a multiplication with the 0/1 mask (exact, and on CPU far cheaper than `torch.where`);
 their count is then taken off histogram bin 0 and the threshold counts.
 """
