@@ -7,8 +7,9 @@ Needs the checkpoints of a finished smoke run (`make table2`):
     .venv/bin/python bench/bench_eval_loop.py [--jobs mqtransformer polymax_semseg stl_edge]
         [--repeats 5] [--params params/smoke.yaml]
 
-Prints, per job, the median loop time, the median time inside metric updates and their ratio.
-Run it with OMP_NUM_THREADS=1, as the pipeline runs its jobs.
+Prints, per job, the median loop time, the median time of each meter's updates, their sum (the
+time inside metric updates) and its share of the loop. Run it with OMP_NUM_THREADS=1, as the pipeline runs its
+jobs; on a shared machine alternate runs of the versions you compare.
 """
 
 from __future__ import annotations
@@ -29,26 +30,32 @@ from densepred.engine.runtime import job_settings
 from densepred.metrics import MetricSuite
 
 
-def timed_loop(model, data, suite: MetricSuite, params, env, batch_size: int) -> tuple[float, float]:
-    """(loop seconds, seconds inside suite.update) of one pass over `data`."""
-    inside = 0.0
-    update = suite.update
-
-    def timed_update(*args, **kwargs) -> None:
-        nonlocal inside
-        start = time.perf_counter()
-        update(*args, **kwargs)
-        inside += time.perf_counter() - start
-
-    suite.update = timed_update
+def timed_loop(
+    model, data, suite: MetricSuite, params, env, batch_size: int
+) -> tuple[float, dict[str, float]]:
+    """(loop seconds, seconds inside each meter's updates) of one pass over `data`."""
+    inside = dict.fromkeys(suite.meters, 0.0)
+    for name, meter in suite.meters.items():
+        meter.update = _timed(meter.update, inside, name)
     start = time.perf_counter()
     with torch.no_grad():
         run_metrics(model, eval_loader(data, batch_size, env), suite, params, env)
     return time.perf_counter() - start, inside
 
 
-def measure(params_path: Path, job: str, repeats: int) -> tuple[float, float]:
-    """Median (loop, update) seconds over `repeats` passes for `job`'s finetuned checkpoint."""
+def _timed(update, totals: dict[str, float], name: str):
+    """`update`, adding its wall time to totals[name]."""
+
+    def timed_update(*args, **kwargs) -> None:
+        start = time.perf_counter()
+        update(*args, **kwargs)
+        totals[name] += time.perf_counter() - start
+
+    return timed_update
+
+
+def measure(params_path: Path, job: str, repeats: int) -> tuple[float, dict[str, float]]:
+    """Median loop seconds and median seconds per meter over `repeats` passes for `job`'s checkpoint."""
     params = load_params(params_path)
     ckpt_path = Path(params.paths.runs) / job / "finetune" / "final.pt"
     if not ckpt_path.is_file():
@@ -69,7 +76,8 @@ def measure(params_path: Path, job: str, repeats: int) -> tuple[float, float]:
                 eval_cfg.eigen_crop,
             )
             runs.append(timed_loop(model, data, suite, params, env, eval_cfg.batch_size))
-    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+    meters = {name: statistics.median(run[1][name] for run in runs) for name in runs[0][1]}
+    return statistics.median(run[0] for run in runs), meters
 
 
 def main() -> None:
@@ -78,10 +86,12 @@ def main() -> None:
     parser.add_argument("--jobs", nargs="+", default=["mqtransformer", "polymax_semseg", "stl_edge"])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    print(f"{'job':20s} {'loop ms':>9s} {'updates ms':>11s} {'share':>7s}")
+    print(f"{'job':20s} {'loop ms':>9s} {'updates ms':>11s} {'share':>7s}   per meter (ms)")
     for job in args.jobs:
-        loop, inside = measure(args.params, job, args.repeats)
-        print(f"{job:20s} {loop * 1e3:9.0f} {inside * 1e3:11.0f} {100 * inside / loop:6.1f}%")
+        loop, meters = measure(args.params, job, args.repeats)
+        inside = sum(meters.values())
+        per_meter = ", ".join(f"{name} {1e3 * seconds:.0f}" for name, seconds in meters.items())
+        print(f"{job:20s} {loop * 1e3:9.0f} {inside * 1e3:11.0f} {100 * inside / loop:6.1f}%   {per_meter}")
 
 
 if __name__ == "__main__":
