@@ -183,8 +183,8 @@ def test_smoke_normals_and_segmentation_show_real_learning(table2, floors):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known gap: at smoke length depth reaches 0.77x / 0.90x the mean-depth RMS "
-    "(PolyMaX 0.829, MQTransformer 0.971 vs 1.082 m), not the 0.6x target; 3x the finetuning "
+    reason="known gap: at smoke length depth reaches 0.77x / 0.89x the mean-depth RMS "
+    "(PolyMaX 0.830, MQTransformer 0.958 vs 1.082 m), not the 0.6x target; 3x the finetuning "
     "steps (900) gives 0.70x / 0.81x, far past the 10-minute make table2 budget",
 )
 def test_smoke_depth_shows_real_learning(table2, floors):
