@@ -185,7 +185,7 @@ def test_smoke_normals_and_segmentation_show_real_learning(table2, floors):
     strict=True,
     reason="known gap: at smoke length depth reaches 0.77x / 0.89x the mean-depth RMS "
     "(PolyMaX 0.830, MQTransformer 0.958 vs 1.082 m), not the 0.6x target; 3x the finetuning "
-    "steps (900) gives 0.70x / 0.81x, far past the 10-minute make table2 budget",
+    "steps (900) gave 0.70x / 0.81x on an earlier machine, far past the 10-minute make table2 budget",
 )
 def test_smoke_depth_shows_real_learning(table2, floors):
     for job in ("polymax_depth", "mqtransformer"):
