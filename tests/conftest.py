@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from densepred.config import merge_presets
+
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "params" / "smoke.yaml"
 PAPER = ROOT / "params" / "paper.yaml"
@@ -19,8 +21,9 @@ def root() -> Path:
 
 @pytest.fixture
 def smoke_tree() -> dict:
-    """The smoke profile as a raw YAML tree (anchors resolved), for tests to edit."""
-    return yaml.safe_load(SMOKE.read_text())
+    """The smoke profile's tree with its presets merged into the jobs, for tests to edit (each job's
+    stage settings are its own, so editing one job changes that job only)."""
+    return merge_presets(yaml.safe_load(SMOKE.read_text()), str(SMOKE))
 
 
 def write_params(tree: dict, path: Path) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ import yaml
 
 from conftest import PAPER, ROOT, SMOKE
 from densepred.config import load_params
-from densepred.pipeline import build_stages, dvc_yaml
+from densepred.pipeline import build_stages, config_overrides, dvc_yaml
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
@@ -60,8 +61,90 @@ def test_pretraining_starts_before_finetuning_before_the_rest():
 
 
 def test_job_settings_are_rule_params():
-    """Each training stage tracks exactly its job's keys, so an edit reruns only that job's chain."""
+    """A training stage is keyed on its own job's resolved settings and the preset they start from;
+    the pretraining reaches the finetuning through its checkpoint, not through keys."""
     stages = {s.name: s for s in build_stages(load_params(SMOKE), "params/smoke.yaml")}
-    keys = stages["finetune_polymax_depth"].param_keys
-    assert "jobs.polymax_depth.finetune" in keys and "jobs.polymax_depth.pretrain" in keys
-    assert not any("polymax_semseg" in k for k in keys)
+    finetune = stages["finetune_polymax_depth"]
+    assert {"jobs.polymax_depth.finetune", "presets.polymax_finetune"} <= set(finetune.param_keys)
+    assert not any("polymax_semseg" in k or k.endswith(".pretrain") for k in finetune.param_keys)
+    settings = json.loads(finetune.settings)
+    assert settings["settings"]["iterations"] == 300 and settings["stage"] == "finetune"
+    assert "params/smoke.yaml" not in finetune.settings
+
+
+def _settings(params_path: str, overrides: tuple[str, ...] = ()) -> dict[str, str]:
+    params = load_params(SMOKE, overrides)
+    return {s.name: s.settings for s in build_stages(params, params_path, overrides)}
+
+
+def test_set_on_one_job_changes_that_job_only():
+    base = _settings("params/smoke.yaml")
+    changed = _settings("params/smoke.yaml", ("jobs.stl_depth.finetune.iterations=20",))
+    assert {n for n in base if base[n] != changed[n]} == {"finetune_stl_depth", "table2", "table3"}
+    params = load_params(SMOKE, ["jobs.stl_depth.finetune.iterations=20"])
+    reference = load_params(SMOKE)
+    assert params.jobs["stl_depth"].finetune.iterations == 20
+    for name, job in reference.jobs.items():
+        if name != "stl_depth":
+            assert params.jobs[name] == job, name
+
+
+def test_preset_override_changes_every_job_that_uses_it():
+    params = load_params(SMOKE, ["presets.mtl_finetune.iterations=7"])
+    uses = {n for n, j in params.jobs.items() if j.finetune is not None and j.finetune.iterations == 7}
+    assert uses == {"mqtransformer", "stl_semseg", "stl_depth", "stl_normals", "stl_edge", "mtl_baseline"}
+
+
+def test_settings_do_not_depend_on_the_params_path():
+    """Naming the default profile by another path (absolute, as Snakemake passes --configfile, or from
+    a moved checkout) plans nothing: the settings that key reruns are the same."""
+    assert _settings("params/smoke.yaml") == _settings(str(SMOKE.resolve()))
+
+
+def test_snakemake_config_becomes_dotted_overrides():
+    tree = {"seed": 0, "jobs": {"a": {"finetune": {"preset": "p", "iterations": 5}}}}
+    config = {"seed": 0, "jobs": {"a": {"finetune": {"preset": "p", "iterations": "20", "lr": 1}}}}
+    assert config_overrides(config, tree) == ["jobs.a.finetune.iterations=20", "jobs.a.finetune.lr=1"]
+    assert config_overrides({"seed": 3, "jobs": tree["jobs"]}, tree) == ["seed=3"]
+
+
+def test_snakemake_config_is_applied_like_set():
+    out = _dry_run("-p", "results/table2.csv", "--config", "jobs={stl_depth: {finetune: {iterations: 20}}}")
+    commands = [line for line in out.splitlines() if line.startswith("Shell command:")]
+    assert commands and all("--set jobs.stl_depth.finetune.iterations=20" in c for c in commands)
+
+
+def test_snakemake_config_typo_is_rejected_in_one_message():
+    result = subprocess.run(
+        [SNAKEMAKE, "-n", "results/table2.csv", "--config", "jobs={stl_depth: {finetune: {iteratons: 20}}}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "jobs.stl_depth.finetune.iteratons: unknown key" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_dvc_yaml_is_readable():
+    """Folder dependencies, evaluation JSONs as metrics, plots with their axes, and a small file."""
+    text = (ROOT / "dvc.yaml").read_text()
+    assert len(text.encode()) <= 40_000, len(text.encode())
+    doc = yaml.safe_load(text)
+    finetune = doc["stages"]["finetune_polymax_depth"]
+    assert "src/densepred/engine" in finetune["deps"]
+    assert not any(d.endswith(".py") and "/engine/" in d for d in finetune["deps"])
+    assert {"params/smoke.yaml": finetune["params"][0]["params/smoke.yaml"]} == finetune["params"][0]
+    evaluate = doc["stages"]["evaluate_polymax_depth_nyud"]
+    assert evaluate["metrics"] == [{"runs/smoke/polymax_depth/eval/nyud.json": {"cache": False}}]
+    (plot,) = finetune["plots"]
+    assert plot["runs/smoke/polymax_depth/finetune/train_log.csv"] == {
+        "cache": False,
+        "persist": True,
+        "x": "step",
+        "y": "total",
+    }
+    figure7 = doc["plots"][0]["figure7"]
+    assert figure7["x"] == "taskonomy_fraction"
+    assert figure7["y"] == {"results/figure7_rms.csv": ["polymax_depth", "deeplab_depth"]}

@@ -25,8 +25,9 @@ import pandas as pd
 
 from densepred.config import Params
 from densepred.io import atomic_path
+from densepred.paths import SWEEP_SUMMARY
 from densepred.reported import ABLATION_SOURCES, reported_ablation
-from densepred.tune import SUMMARY_FILE, expand_trials, read_summary
+from densepred.sweeps import expand_trials, read_summary
 
 # (column, metric key in the sweep summary, task). Units as in the results tables: percent for mIoU
 # and odsF, metres for depth, degrees for normals.
@@ -66,7 +67,7 @@ def _sweep_rows(
     """One row per setting of `sweep`, in declared order, checked against the sweep's summary."""
     cfg = params.sweeps[sweep]
     job = params.jobs[cfg.job]
-    path = sweeps_dir / sweep / SUMMARY_FILE
+    path = sweeps_dir / sweep / SWEEP_SUMMARY
     summary = read_summary(path)
     trials = expand_trials(cfg, sweep)
     expected = [t.variant for t in trials]

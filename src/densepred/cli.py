@@ -112,9 +112,10 @@ def cmd_dvc(args: argparse.Namespace) -> None:
     from densepred.pipeline import build_stages, dvc_yaml
 
     params = _params(args)
-    doc = dvc_yaml(build_stages(params, args.params), args.params)
+    doc = dvc_yaml(build_stages(params, args.params, args.set), args.params)
     header = f"# Generated from src/densepred/pipeline.py by `densepred dvc --params {args.params}`.\n"
-    atomic_write_text(Path(args.out), header + yaml.safe_dump(doc, sort_keys=False, width=1000))
+    text = yaml.safe_dump(doc, sort_keys=False, width=110, default_flow_style=None)
+    atomic_write_text(Path(args.out), header + text)
     print(f"wrote {args.out} ({len(doc['stages'])} stages)")
 
 

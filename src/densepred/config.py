@@ -8,13 +8,24 @@ file and the dotted key path.
 Relative paths in a params file are relative to the working directory the command runs in (the
 project root for Snakemake and DVC).
 
+Shared stage settings are declared once, under `presets:` (named stage settings), and a job's stage
+names the one it starts from: `finetune: {preset: polymax_finetune, iterations: 20}`. The loader
+merges the preset under the job's own keys (nested mappings key by key), so every job key is a real
+key of the file: `--set jobs.stl_depth.finetune.iterations=20`, DVC's
+`dvc exp run -S 'params/smoke.yaml:++jobs.stl_depth.finetune.iterations=20'` and Snakemake's
+`--config jobs.stl_depth.finetune.iterations=20` all change that one job, while
+`--set presets.mtl_finetune.iterations=20` changes every job that starts from the preset. The file
+holds no YAML anchors, so a tool that rewrites it (DVC does, with ruamel) keeps its meaning.
+
 Overrides: `--set jobs.polymax_depth.model.num_clusters=32` (repeatable) replaces one value; the value
-is parsed as YAML (`32` -> int, `[1, 2]` -> list, `null` -> None). The overridden tree is validated
-as a whole, so a typo'd override is reported like a typo in the file.
+is parsed as YAML (`32` -> int, `[1, 2]` -> list, `null` -> None). Overrides apply to the file's tree
+before presets are merged, and the result is validated as a whole, so a typo'd override is reported
+like a typo in the file.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -25,7 +36,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 Task = Literal["semseg", "depth", "normals", "edge"]
 DatasetName = Literal["nyud", "taskonomy"]
-EXTENSION_PREFIX = "x-"
+PRESET_KEY = "preset"
+STAGE_KEYS = ("pretrain", "finetune", "evaluate")
 SCHEMA_PATH = Path("workflow/schemas/params.schema.json")
 
 
@@ -250,14 +262,19 @@ class TrialResources(Strict):
 
 
 class SweepCfg(Strict):
-    """A Ray Tune ablation: variants of one job, each a set of dotted overrides of that job."""
+    """A Ray Tune ablation: variants of one job, each a set of dotted overrides of that job.
+
+    `base` is a partial job (nested like `jobs.<name>`, e.g. `{finetune: {iterations: 60}}`) merged
+    into every trial, so `--set sweeps.<name>.base.finetune.iterations=5` addresses it like any key.
+    """
 
     job: str
     table: str
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted key -> values")
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict, description="name -> overrides")
     base: dict[str, Any] = Field(
-        default_factory=dict, description="overrides applied to every trial (e.g. a shorter schedule)"
+        default_factory=dict,
+        description="partial job merged into every trial, e.g. {finetune: {iterations: 60}}",
     )
     resources: TrialResources = TrialResources()
     max_failures: int = Field(1, ge=0, description="retries of a failing trial")
@@ -322,6 +339,9 @@ class Params(Strict):
     tracking: TrackingCfg = TrackingCfg()
     runtime: RuntimeCfg = RuntimeCfg()
     synth: SynthCfg | None = Field(None, description="present only in synthetic profiles")
+    presets: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="named stage settings a job's stage starts from ({preset: name})"
+    )
     datasets: dict[DatasetName, DatasetCfg]
     jobs: dict[str, JobCfg] = Field(min_length=1)
     figure7: Figure7Cfg | None = None
@@ -421,16 +441,73 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def validate(tree: dict[str, Any], source: str) -> Params:
-    """Validate a raw params tree; errors name `source` and the key path.
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `base` with `update` merged in: nested mappings key by key, anything else replaced."""
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
 
-    Top-level keys starting with `x-` hold YAML anchors shared by several jobs and are dropped.
-    """
-    tree = {k: v for k, v in tree.items() if not str(k).startswith(EXTENSION_PREFIX)}
+
+def flatten_keys(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys: {a: {b: 1}, c.d: 2} -> {"a.b": 1, "c.d": 2} (lists stay values)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten_keys(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def merge_presets(tree: dict[str, Any], source: str) -> dict[str, Any]:
+    """A copy of the params tree in which every `jobs.<job>.<stage>: {preset: name, ...}` holds the
+    preset's settings with the job's own keys merged over them (the job wins)."""
+    tree = copy.deepcopy(tree)
+    presets = tree.get("presets") or {}
+    jobs = tree.get("jobs")
+    if not isinstance(jobs, dict):
+        return tree
+    for job_name, job in jobs.items():
+        if not isinstance(job, dict):
+            continue
+        for stage in STAGE_KEYS:
+            settings = job.get(stage)
+            if not isinstance(settings, dict) or PRESET_KEY not in settings:
+                continue
+            own = dict(settings)
+            name = own.pop(PRESET_KEY)
+            if not isinstance(presets, dict) or name not in presets:
+                known = sorted(presets) if isinstance(presets, dict) else []
+                raise ParamsError(
+                    f"invalid params in {source}:\n  jobs.{job_name}.{stage}.preset: no preset named "
+                    f"{name!r} under presets (known: {known})"
+                )
+            job[stage] = deep_merge(presets[name], own)
+    return tree
+
+
+def validate(tree: dict[str, Any], source: str) -> Params:
+    """Merge presets into a raw params tree and validate it; errors name `source` and the key path."""
+    tree = merge_presets(tree, source)
     try:
         return Params.model_validate(tree)
     except ValidationError as exc:
         raise ParamsError(_format_errors(exc, source)) from None
+
+
+def resolved_tree(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The params file's tree with `overrides` applied and presets merged (validated first)."""
+    tree = read_yaml(Path(path))
+    for text in overrides:
+        parts, value = parse_override(text)
+        apply_override(tree, parts, value, source=f"--set {text}")
+    load_params(path, overrides)
+    return merge_presets(tree, str(path))
 
 
 def load_params(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Params:
@@ -448,7 +525,6 @@ def json_schema() -> dict[str, Any]:
     schema = Params.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "densepred params"
-    schema["patternProperties"] = {f"^{EXTENSION_PREFIX}": {}}
     return schema
 
 

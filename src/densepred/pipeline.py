@@ -1,37 +1,52 @@
 """The pipeline DAG, defined once: Snakemake rules and dvc.yaml stages are both generated from it.
 
-`build_stages(params, params_path)` lists every stage of a profile (synth -> prepare -> pretrain ->
-finetune -> evaluate -> tables, the Fig. 7 data-fraction chains and the ablation sweeps) with its
-command, inputs, outputs, the params keys that should trigger a rerun, log, threads, scheduling
-priority and resources.
-The Snakefile turns each stage into a rule; `densepred dvc` writes the same stages to dvc.yaml
-(a test checks the committed dvc.yaml is current), so the two definitions cannot drift.
+`build_stages(params, params_path, overrides)` lists every stage of a profile (synth -> prepare ->
+pretrain -> finetune -> evaluate -> tables, the Fig. 7 data-fraction chains and the ablation sweeps)
+with its command, inputs, outputs, log, threads, scheduling priority and resources, and two views of
+the settings whose change must rerun it:
 
-Paths here are the single source of truth for where stage outputs live; `tables.py` reads evaluation
-results through `eval_path`.
+* `settings`: the stage's resolved settings as canonical JSON (for training and evaluation the
+  `StageRun.identity()` of stage_run.py). Snakemake's rule params hold exactly this, so naming the
+  default profile explicitly, running from a moved checkout or adding an unrelated job plans nothing,
+  and an edit reruns exactly the stages whose resolved settings it changes.
+* `param_keys`: the keys of the params file those settings come from (the job's keys and the preset
+  its stage starts from), which dvc.yaml lists as the stage's `params`.
+
+The Snakefile turns each stage into a rule; `densepred dvc` writes the same stages to dvc.yaml (a test
+checks the committed dvc.yaml is current), so the two definitions cannot drift. Paths come from
+paths.py.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from densepred.config import Params, read_yaml
+from densepred import paths
+from densepred.config import (
+    PRESET_KEY,
+    Params,
+    apply_override,
+    merge_presets,
+    parse_override,
+    read_yaml,
+    validate,
+)
+from densepred.stage_run import StageRun
 
 TABLES = ("table2", "table3", "figure7", "ablations")
-ABLATION_TABLES = ("ablation_k", "ablation_depth", "ablation_scales", "ablation_components")
 
 # Snakemake starts ready jobs of higher priority first. Pretraining heads the longest chains
 # (pretrain -> finetune -> evaluate), so starting every pretraining, then every finetuning, keeps
-# all cores busy to the end instead of leaving one long chain to run alone; the short evaluations
-# fill the gaps. On the smoke profile with 2 cores this shortens results/table2.csv by about 3 %
-# and removes most of its run-to-run spread (simulated from measured job times).
+# all cores busy to the end instead of leaving one long chain to run alone (bench/NOTES.md).
 PRIORITY = {"pretrain": 2, "finetune": 1}
 
-# Source files each kind of stage depends on (so code edits rerun exactly the affected stages).
+# The packages and modules each kind of stage imports (so code edits rerun exactly the affected
+# stages). dvc.yaml lists these folders and files as they are; Snakemake gets their .py files.
 _SOURCES = {
     "synth": ["src/densepred/data"],
     "prepare": ["src/densepred/data"],
@@ -52,6 +67,7 @@ _SOURCES = {
     ],
     "tune": [
         "src/densepred/tune.py",
+        "src/densepred/sweeps.py",
         "src/densepred/engine",
         "src/densepred/models",
         "src/densepred/losses",
@@ -64,8 +80,24 @@ _SOURCES = {
         "src/densepred/ablations.py",
         "src/densepred/reported.py",
         "src/densepred/figures.py",
+        "src/densepred/metrics/delta_m.py",
     ],
 }
+
+
+class Command:
+    """A stage's shell command. Deliberately not a str: Snakemake leaves objects it cannot represent
+    out of its params rerun trigger, so the command line (params file path, output paths) never
+    decides a rerun; the stage's `settings` do."""
+
+    def __init__(self, argv: tuple[str, ...]) -> None:
+        self.argv = argv
+
+    def __str__(self) -> str:
+        return shlex.join(self.argv)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
 
 
 @dataclass(frozen=True)
@@ -79,75 +111,114 @@ class Stage:
     outs: tuple[str, ...]
     out_dirs: frozenset[str] = frozenset()
     param_keys: tuple[str, ...] = ()
-    params: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    settings: str = "{}"
     log: str = ""
     threads: int = 1
     priority: int = 0
     resources: dict[str, int] = field(default_factory=dict, compare=False, hash=False)
     metrics: tuple[str, ...] = ()
-    plots: tuple[str, ...] = ()
+    plots: tuple[tuple[str, str, str], ...] = ()  # (file, x, y)
 
     @property
     def command(self) -> str:
         """The shell command (quoted), without redirection."""
         return shlex.join(self.argv)
 
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The source folders and modules the stage imports (dvc.yaml dependencies)."""
+        return tuple(_SOURCES[self.kind])
+
+    @property
+    def source_files(self) -> tuple[str, ...]:
+        """The .py files of `sources` (Snakemake inputs: a folder's mtime changes whenever Python
+        writes __pycache__, which would rerun stages for nothing)."""
+        files: list[str] = []
+        for s in self.sources:
+            if Path(s).is_dir():
+                files += sorted(str(p) for p in Path(s).rglob("*.py"))
+            elif Path(s).is_file():
+                files.append(s)
+        return tuple(files)
+
 
 def _lookup(tree: dict[str, Any], dotted: str) -> Any:
     node: Any = tree
     for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
         node = node[part]
     return node
 
 
-def _source_paths(kind: str) -> list[str]:
-    """The .py files a stage kind depends on (files, not folders: a folder's mtime changes whenever
-    Python writes __pycache__, which would rerun stages for nothing)."""
-    paths: list[str] = []
-    for s in _SOURCES[kind]:
-        if Path(s).is_dir():
-            paths += sorted(str(p) for p in Path(s).rglob("*.py"))
-        elif Path(s).is_file():
-            paths.append(s)
-        elif Path(s + ".py").is_file():
-            paths.append(s + ".py")
-    return paths
+def _has(tree: dict[str, Any], dotted: str) -> bool:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 class _Builder:
     """Accumulates the stages of one profile."""
 
-    def __init__(self, params: Params, params_path: Path) -> None:
+    def __init__(
+        self, params: Params, params_path: Path, tree: dict[str, Any], sets: tuple[str, ...]
+    ) -> None:
         self.p = params
         self.path = str(params_path)
-        self.tree = read_yaml(params_path)
-        self.runs = Path(params.paths.runs)
-        self.results = Path(params.paths.results)
-        self.logs = Path("logs") / params.profile
+        self.tree = tree  # the params file's own tree (overrides applied, presets not merged)
+        self.merged = merge_presets(tree, self.path)
+        self.sets = sets
         self.stages: list[Stage] = []
 
     # -- helpers
     def add(
-        self, name: str, kind: str, args: list[str], deps: list[str], outs: list[str], **kw: Any
+        self,
+        name: str,
+        kind: str,
+        args: list[str],
+        deps: list[str],
+        outs: list[str],
+        keys: list[str],
+        settings: Any = None,
+        **kw: Any,
     ) -> Stage:
-        keys = tuple(kw.pop("param_keys", ()))
-        values = {k: _lookup(self.tree, k) for k in keys}
-        argv = ("densepred", args[0], "--params", self.path, *args[1:])
+        """One stage; `settings` defaults to the resolved values of `keys`."""
+        if settings is None:
+            settings = {k: _lookup(self.merged, k) for k in keys}
+        set_args = [a for s in (*self.sets, *kw.pop("sets", ())) for a in ("--set", s)]
         stage = Stage(
             name=name,
             kind=kind,
-            argv=argv,
-            deps=tuple(deps + _source_paths(kind)),
+            argv=("densepred", args[0], "--params", self.path, *args[1:], *set_args),
+            deps=tuple(deps),
             outs=tuple(outs),
-            param_keys=keys,
-            params={"settings": json.dumps(values, sort_keys=True, default=str)},
-            log=str(self.logs / f"{name}.log"),
+            param_keys=tuple(k for k in keys if _has(self.tree, k)),
+            settings=_canonical(settings),
+            log=paths.log_path(self.p, name),
             **kw,
         )
         self.stages.append(stage)
         return stage
 
-    def train_resources(self) -> dict[str, int]:
+    def job_keys(self, job: str, stage: str) -> list[str]:
+        """The file keys a job's stage is resolved from: its model, tasks and stage settings, the
+        preset those start from, and the seed. (The runtime settings that change numbers on a GPU
+        are part of the stage's `settings`, which key Snakemake's reruns, but are left out of
+        dvc.yaml to keep it readable: after changing them, rerun with `dvc repro --force`.)"""
+        keys = [f"jobs.{job}.model", f"jobs.{job}.tasks", f"jobs.{job}.{stage}"]
+        preset = _lookup(self.tree, f"jobs.{job}.{stage}.{PRESET_KEY}")
+        if isinstance(preset, str):
+            keys.append(f"presets.{preset}")
+        return [*keys, "seed"]
+
+    def job_resources(self) -> dict[str, int]:
         rt = self.p.runtime
         return {"mem_mb": rt.mem_mb, "gpu": rt.gpus_per_job}
 
@@ -168,8 +239,9 @@ class _Builder:
                     ["synth", "--dataset", name, "--out", raw],
                     [],
                     [raw],
+                    ["synth.seed", f"synth.{name}"],
                     out_dirs=frozenset({raw}),
-                    param_keys=["synth.seed", f"synth.{name}"],
+                    resources={"mem_mb": self.p.runtime.mem_mb},
                 )
                 deps = [raw]
             else:  # real data: listed when present, so that a dry run plans the graph before the download
@@ -180,8 +252,9 @@ class _Builder:
                 ["prepare", "--dataset", name, "--src", raw, "--out", str(ds.prepared)],
                 deps,
                 [str(ds.prepared)],
+                [f"datasets.{name}"],
                 out_dirs=frozenset({str(ds.prepared)}),
-                param_keys=[f"datasets.{name}"],
+                resources={"mem_mb": self.p.runtime.mem_mb},
             )
 
     # -- one job's chain
@@ -193,51 +266,33 @@ class _Builder:
         sets: tuple[str, ...] = (),
         skip_pretrain: bool = False,
     ) -> str | None:
-        cfg = self.p.jobs[job]
-        run_dir = run_dir or self.runs / job
-        set_args = [a for s in sets for a in ("--set", s)]
-        common = ["seed", "runtime", f"jobs.{job}.model", f"jobs.{job}.tasks"]
+        """A job's training stages (pretrain -> finetune); returns the last stage's final.pt."""
+        params = self.p if not sets else _with_overrides(self.tree, sets, self.path)
+        cfg = params.jobs[job]
+        run_dir = run_dir or paths.run_dir(self.p, job)
         last: str | None = None
         tag = prefix or job
-        if cfg.pretrain is not None and not skip_pretrain:
-            out = str(run_dir / "pretrain" / "final.pt")
-            self.add(
-                f"pretrain_{tag}",
-                "train",
-                ["train", "--job", job, "--stage", "pretrain", "--out", str(run_dir / "pretrain"), *set_args],
-                [str(self.p.datasets[cfg.pretrain.dataset].prepared)],
-                [out],
-                param_keys=[*common, f"jobs.{job}.pretrain"],
-                threads=self.p.runtime.threads,
-                priority=PRIORITY["pretrain"],
-                resources=self.train_resources(),
-            )
-            last = out
-        if cfg.finetune is not None:
-            out = str(run_dir / "finetune" / "final.pt")
+        for stage in ("pretrain", "finetune"):
+            scfg = getattr(cfg, stage)
+            if scfg is None or (stage == "pretrain" and skip_pretrain):
+                continue
+            folder = paths.stage_dir(run_dir, stage)
+            out = str(paths.final_checkpoint(folder))
+            run = StageRun.train(params, job, stage, folder, Path(last) if last else None)
             init = ["--init", last] if last else []
-            deps = [str(self.p.datasets[cfg.finetune.dataset].prepared)] + ([last] if last else [])
-            keys = [*common, f"jobs.{job}.finetune"] + ([f"jobs.{job}.pretrain"] if last else [])
             self.add(
-                f"finetune_{tag}",
+                f"{stage}_{tag}",
                 "train",
-                [
-                    "train",
-                    "--job",
-                    job,
-                    "--stage",
-                    "finetune",
-                    *init,
-                    "--out",
-                    str(run_dir / "finetune"),
-                    *set_args,
-                ],
-                deps,
+                ["train", "--job", job, "--stage", stage, *init, "--out", str(folder)],
+                [str(self.p.datasets[scfg.dataset].prepared), *([last] if last else [])],
                 [out],
-                param_keys=keys,
+                self.job_keys(job, stage),
+                settings=run.identity(),
+                sets=sets,
                 threads=self.p.runtime.threads,
-                priority=PRIORITY["finetune"],
-                resources=self.train_resources(),
+                priority=PRIORITY[stage],
+                resources=self.job_resources(),
+                plots=((str(paths.train_log(folder)), "step", "total"),),
             )
             last = out
         return last
@@ -245,46 +300,63 @@ class _Builder:
     def evaluate(
         self, job: str, ckpt: str, dataset: str, out: str, tag: str, sets: tuple[str, ...] = ()
     ) -> None:
-        set_args = [a for s in sets for a in ("--set", s)]
-        figures = figures_dir(out)
+        params = self.p if not sets else _with_overrides(self.tree, sets, self.path)
+        run = StageRun.evaluate(params, job, Path(ckpt), Path(out), dataset)
+        figures = paths.figures_dir(out)
+        # the model, tasks and seed reach an evaluation through its checkpoint
+        keys = [
+            k for k in self.job_keys(job, "evaluate") if k.endswith(".evaluate") or k.startswith("presets.")
+        ]
+        own = dataset == params.jobs[job].evaluate.dataset
         self.add(
             f"evaluate_{tag}_{dataset}",
             "evaluate",
-            ["evaluate", "--job", job, "--ckpt", ckpt, "--dataset", dataset, "--out", out, *set_args],
+            [
+                "evaluate",
+                "--job",
+                job,
+                "--ckpt",
+                ckpt,
+                *([] if own else ["--dataset", dataset]),
+                "--out",
+                out,
+            ],
             [ckpt, str(self.p.datasets[dataset].prepared)],
             [out, figures],
+            keys,
+            settings=run.identity(),
+            sets=sets,
             out_dirs=frozenset({figures}),
-            param_keys=[f"jobs.{job}.evaluate", f"jobs.{job}.tasks"],
             threads=self.p.runtime.threads,
-            resources=self.train_resources(),
+            resources=self.job_resources(),
+            metrics=(out,),
         )
 
     def jobs(self) -> None:
         for job, cfg in self.p.jobs.items():
             last = self.chain(job)
             if cfg.finetune is not None and last is not None:
-                self.evaluate(
-                    job, last, cfg.evaluate.dataset, eval_path(self.p, job, cfg.evaluate.dataset), job
-                )
+                dataset = cfg.evaluate.dataset
+                self.evaluate(job, last, dataset, paths.eval_path(self.p, job, dataset), job)
             if "table3" in cfg.tables and cfg.pretrain is not None and cfg.pretrain.dataset == "taskonomy":
-                ckpt = str(self.runs / job / "pretrain" / "final.pt")
-                self.evaluate(job, ckpt, "taskonomy", eval_path(self.p, job, "taskonomy"), job)
+                ckpt = str(paths.final_checkpoint(paths.stage_dir(paths.run_dir(self.p, job), "pretrain")))
+                self.evaluate(job, ckpt, "taskonomy", paths.eval_path(self.p, job, "taskonomy"), job)
 
     def figure7(self) -> None:
         fig = self.p.figure7
         if fig is None:
             return
         for job in fig.jobs:
-            cfg = self.p.jobs[job]
             for fraction in fig.fractions:
-                if fraction == 1.0 and cfg.pretrain is not None and cfg.pretrain.fraction == 1.0:
+                if paths.is_main_figure7_point(self.p, job, fraction):
                     continue  # the main job is the 100% point
-                tag = f"{job}_frac{fraction_tag(fraction)}"
-                run_dir = self.runs / "figure7" / job / f"frac{fraction_tag(fraction)}"
+                tag = f"{job}_frac{paths.fraction_tag(fraction)}"
+                run_dir = paths.figure7_run_dir(self.p, job, fraction)
                 sets = () if fraction == 0.0 else (f"jobs.{job}.pretrain.fraction={fraction}",)
                 last = self.chain(job, prefix=tag, run_dir=run_dir, sets=sets, skip_pretrain=fraction == 0.0)
                 if last is not None:
-                    self.evaluate(job, last, "nyud", figure7_eval_path(self.p, job, fraction), tag)
+                    out = paths.figure7_eval_path(self.p, job, fraction)
+                    self.evaluate(job, last, "nyud", out, tag, sets=sets)
 
     def sweeps(self) -> None:
         for name, sweep in sorted(self.p.sweeps.items()):
@@ -296,77 +368,82 @@ class _Builder:
                     if s is not None
                 }
             )
-            out_dir = str(self.runs / "sweeps" / name)
+            keys = [f"sweeps.{name}", *self.job_keys(sweep.job, "pretrain"), f"jobs.{sweep.job}.finetune"]
+            keys += [k for k in self.job_keys(sweep.job, "finetune") if k not in keys]
+            keys += [f"jobs.{sweep.job}.evaluate"]
             self.add(
                 f"tune_{name}",
                 "tune",
-                ["tune", "--sweep", name, "--out", out_dir],
+                ["tune", "--sweep", name, "--out", str(paths.sweep_dir(self.p, name))],
                 data,
-                [sweep_summary_path(self.p, name)],
-                param_keys=["seed", "runtime", f"sweeps.{name}", f"jobs.{sweep.job}"],
-                threads=0,
+                [paths.sweep_summary_path(self.p, name)],
+                keys,
                 resources={"mem_mb": self.p.runtime.mem_mb, "gpu": 0},
             )
 
     def tables(self) -> None:
         evals = [s.outs[0] for s in self.stages if s.kind == "evaluate"]
         fig8_job = figure8_job(self.p)
-        figure8 = [figures_dir(eval_path(self.p, fig8_job, "nyud"))] if fig8_job else []
+        figure8 = [paths.figures_dir(paths.eval_path(self.p, fig8_job, "nyud"))] if fig8_job else []
         main = [e for e in evals if "/figure7/" not in e]
         t2 = [e for e in main if e.endswith("/nyud.json")]
         t3 = [e for e in main if e.endswith("/taskonomy.json")]
         f7 = (
             [e for e in evals if "/figure7/" in e]
-            + [eval_path(self.p, j, "nyud") for j in (self.p.figure7.jobs if self.p.figure7 else [])]
+            + [paths.eval_path(self.p, j, "nyud") for j in (self.p.figure7.jobs if self.p.figure7 else [])]
             + figure8
         )
-        res = self.results
-        self.add(
-            "table2",
-            "tables",
-            ["tables", "--only", "table2", "--out", str(res)],
-            t2,
-            [str(res / "table2.csv")],
-            param_keys=["profile"],
-            metrics=(str(res / "table2.csv"),),
-        )
-        self.add(
-            "table3",
-            "tables",
-            ["tables", "--only", "table3", "--out", str(res)],
-            t3,
-            [str(res / "table3.csv")],
-            param_keys=["profile"],
-            metrics=(str(res / "table3.csv"),),
-        )
+        table = self.table_stage
+        table("table2", t2, [paths.table_path(self.p, "table2")], ["profile", "jobs"])
+        table("table3", t3, [paths.table_path(self.p, "table3")], ["profile", "jobs"])
         if self.p.figure7 is not None:
-            outs = [str(res / "figure7.csv"), str(res / "figure7.png"), str(res / "figure8.png")]
-            self.add(
-                "figure7",
-                "tables",
-                ["tables", "--only", "figure7", "--out", str(res)],
-                sorted(set(f7)),
-                outs,
-                param_keys=["figure7"],
-                plots=(str(res / "figure7.csv"),),
-            )
+            outs = [paths.table_path(self.p, "figure7"), paths.table_path(self.p, "figure7", ".png")]
+            outs.append(paths.table_path(self.p, "figure8", ".png"))
+            table("figure7", sorted(set(f7)), outs, ["figure7"])
         if self.p.sweeps:
-            summaries = [sweep_summary_path(self.p, n) for n in sorted(self.p.sweeps)]
-            tables = sorted({s.table for s in self.p.sweeps.values()})
-            self.add(
-                "ablations",
-                "tables",
-                ["tables", "--only", "ablations", "--out", str(res)],
-                summaries,
-                [str(res / f"{t}.csv") for t in tables],
-                param_keys=["sweeps"],
-                metrics=tuple(str(res / f"{t}.csv") for t in tables),
-            )
+            summaries = [paths.sweep_summary_path(self.p, n) for n in sorted(self.p.sweeps)]
+            names = sorted({s.table for s in self.p.sweeps.values()})
+            table("ablations", summaries, [paths.table_path(self.p, t) for t in names], ["sweeps"])
+
+    def table_stage(self, name: str, deps: list[str], outs: list[str], keys: list[str]) -> None:
+        settings = {"profile": self.p.profile, "keys": {k: _lookup(self.merged, k) for k in keys}}
+        self.add(
+            name,
+            "tables",
+            ["tables", "--only", name, "--out", str(self.p.paths.results)],
+            deps,
+            outs,
+            [k for k in keys if k != "jobs"] or ["profile"],
+            settings=settings,
+        )
 
 
-def figures_dir(eval_json: str) -> str:
-    """The folder of prediction figures written beside an evaluation JSON."""
-    return str(Path(eval_json).with_suffix("")) + "_figures"
+def _with_overrides(tree: dict[str, Any], sets: tuple[str, ...], source: str) -> Params:
+    """The profile with a chain's own overrides (Fig. 7's pretraining fraction) applied."""
+    tree = copy.deepcopy(tree)
+    for text in sets:
+        parts, value = parse_override(text)
+        apply_override(tree, parts, value, source=f"{source} --set {text}")
+    return validate(tree, source)
+
+
+def config_overrides(config: dict[str, Any], file_tree: dict[str, Any], prefix: str = "") -> list[str]:
+    """Snakemake's `--config` as `--set` overrides: one `dotted.key=value` for every leaf of
+    Snakemake's `config` that differs from the params file's tree. Snakemake merges a nested
+    `--config 'jobs={stl_depth: {finetune: {iterations: 20}}}'` into the file's tree key by key, so
+    this yields exactly `jobs.stl_depth.finetune.iterations=20`, applied to every stage like `--set`.
+    (Snakemake's own parser rejects dotted keys such as `--config jobs.stl_depth.x=1`.)"""
+    overrides = []
+    for key, value in config.items():
+        theirs = file_tree.get(key) if isinstance(file_tree, dict) else None
+        if isinstance(value, dict) and isinstance(theirs, dict):
+            overrides += config_overrides(value, theirs, f"{prefix}{key}.")
+        elif key not in file_tree or theirs != value:
+            # Snakemake hands nested values over as strings: pass them on unquoted, to be parsed as
+            # YAML exactly like a --set value ("20" -> 20)
+            text = value if isinstance(value, str) else json.dumps(value)
+            overrides.append(f"{prefix}{key}={text}")
+    return overrides
 
 
 def figure8_job(params: Params) -> str | None:
@@ -380,34 +457,16 @@ def figure8_job(params: Params) -> str | None:
     return None
 
 
-def fraction_tag(fraction: float) -> str:
-    """0.25 -> '25' (percent, for paths and stage names)."""
-    return f"{round(fraction * 100):d}"
-
-
-def eval_path(params: Params, job: str, dataset: str) -> str:
-    """Where the evaluation of `job` on `dataset` is written."""
-    return str(Path(params.paths.runs) / job / "eval" / f"{dataset}.json")
-
-
-def figure7_eval_path(params: Params, job: str, fraction: float) -> str:
-    """Evaluation of `job` pretrained on `fraction` of Taskonomy (Fig. 7); 100% is the main job."""
-    cfg = params.jobs[job]
-    if fraction == 1.0 and cfg.pretrain is not None and cfg.pretrain.fraction == 1.0:
-        return eval_path(params, job, "nyud")
-    return str(
-        Path(params.paths.runs) / "figure7" / job / f"frac{fraction_tag(fraction)}" / "eval" / "nyud.json"
-    )
-
-
-def sweep_summary_path(params: Params, sweep: str) -> str:
-    """The summary CSV a sweep writes."""
-    return str(Path(params.paths.runs) / "sweeps" / sweep / "summary.csv")
-
-
-def build_stages(params: Params, params_path: str | Path) -> list[Stage]:
-    """Every stage of the profile, in dependency order."""
-    b = _Builder(params, Path(params_path))
+def build_stages(
+    params: Params, params_path: str | Path, overrides: list[str] | tuple[str, ...] = ()
+) -> list[Stage]:
+    """Every stage of the profile, in dependency order. `overrides` (KEY=VALUE, as `--set`) were
+    applied to `params` already; they are passed on to every stage's command."""
+    tree = read_yaml(Path(params_path))
+    for text in overrides:
+        parts, value = parse_override(text)
+        apply_override(tree, parts, value, source=f"--set {text}")
+    b = _Builder(params, Path(params_path), tree, tuple(overrides))
     b.data()
     b.jobs()
     b.figure7()
@@ -420,26 +479,64 @@ def build_stages(params: Params, params_path: str | Path) -> list[Stage]:
 
 
 def dvc_yaml(stages: list[Stage], params_path: str | Path) -> dict[str, Any]:
-    """The dvc.yaml document for `stages`: params tracked per key, tables as git-kept metrics."""
+    """The dvc.yaml document for `stages`: params tracked per key, folder dependencies, evaluation
+    JSONs as metrics; the training loss curves and Fig. 7 as top-level plots with their axes."""
     doc: dict[str, Any] = {"stages": {}}
     for st in stages:
-        entry: dict[str, Any] = {"cmd": st.command, "deps": list(st.deps)}
+        entry: dict[str, Any] = {"cmd": st.command, "deps": [*st.deps, *st.sources]}
         if st.param_keys:
             entry["params"] = [{str(params_path): list(st.param_keys)}]
-        outs = [_dvc_out(st, o) for o in st.outs if o not in st.metrics and o not in st.plots]
+        outs = [_dvc_out(st, o) for o in st.outs if o not in st.metrics]
         if outs:
             entry["outs"] = outs
         if st.metrics:
             entry["metrics"] = [{m: {"cache": False}} for m in st.metrics]
-        if st.plots:
-            entry["plots"] = [{p: {"cache": False}} for p in st.plots]
         doc["stages"][st.name] = entry
+    doc["plots"] = _loss_plots(stages)
+    figure7 = next((s for s in stages if s.name == "figure7"), None)
+    if figure7 is not None:
+        csv = str(Path(figure7.outs[0]).with_name("figure7_rms.csv"))
+        doc["plots"].append(
+            {
+                "figure7": {
+                    "title": "Fig. 7: NYUD-v2 depth RMS (m) against the share of Taskonomy pretraining",
+                    "template": "linear",
+                    "x": "taskonomy_fraction",
+                    "y": {csv: _figure7_lines(stages)},
+                }
+            }
+        )
     return doc
+
+
+def _loss_plots(stages: list[Stage]) -> list[dict[str, Any]]:
+    """One plot per training stage (pretrain, finetune): every main job's loss against the step, one
+    line per job (the Fig. 7 chains are left out)."""
+    plots = []
+    for kind in PRIORITY:
+        logs: dict[str, str] = {}
+        for st in stages:
+            if st.name.startswith(f"{kind}_"):
+                logs.update({f: y for f, _, y in st.plots if "/figure7/" not in f})
+        if logs:
+            plots.append({f"{kind}_loss": {"title": f"{kind} loss", "x": "step", "y": logs}})
+    return plots
+
+
+def _figure7_lines(stages: list[Stage]) -> list[str]:
+    """The jobs of Fig. 7 (one line each): the jobs with a `<job>_frac...` chain."""
+    jobs = []
+    for st in stages:
+        if st.kind == "evaluate" and "_frac" in st.name:
+            job = st.name.removeprefix("evaluate_").split("_frac")[0]
+            if job not in jobs:
+                jobs.append(job)
+    return jobs
 
 
 def _dvc_out(stage: Stage, out: str) -> Any:
     """Tables and figures stay in git (cache: false). Training outputs persist: the train command is
-    idempotent (a finished final.pt with the same config is kept), so DVC must not delete what a
+    idempotent (a finished final.pt with the same settings is kept), so DVC must not delete what a
     Snakemake run already produced."""
     if stage.kind == "tables":
         return {out: {"cache": False}}

@@ -23,7 +23,8 @@ import pandas as pd
 
 from densepred.config import JobCfg, Params
 from densepred.io import atomic_path
-from densepred.pipeline import eval_path, figure7_eval_path, figure8_job, figures_dir
+from densepred.paths import eval_path, figure7_eval_path, figures_dir
+from densepred.pipeline import figure8_job
 from densepred.reported import reported_table2, reported_table3
 
 # (column, metrics-JSON key, higher is better). Units: percent for mIoU / %<t / odsF.
@@ -243,7 +244,7 @@ def write_tables(params: Params, out: Path, runs: Path | None = None, only: str 
         copy_figure8(params, out / "figure8.png")
         written += [out / "figure7.csv", out / "figure7.png", out / "figure8.png"]
     if "ablations" in wanted and params.sweeps:
-        from densepred.tune import write_ablation_tables
+        from densepred.ablations import write_ablation_tables
 
         written += list(write_ablation_tables(params, Path(params.paths.runs) / "sweeps", out))
     for path in written:

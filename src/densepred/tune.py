@@ -23,7 +23,7 @@ What `out/` holds:
   attempts, error, the overridden keys, then the metrics sorted by name); written atomically, and
   only when every trial has finished or failed for good.
 
-Ray Tune 2.60 API (reference/pipeline-ecosystem.md §5): `tune.Tuner` with `tune.RunConfig`,
+Ray Tune 2.60 API: `tune.Tuner` with `tune.RunConfig`,
 `tune.FailureConfig(max_failures=...)`, `tune.with_resources`, and `ray.tune.report` inside the
 trainable (not `ray.train.*`).
 
@@ -55,11 +55,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import itertools
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -68,14 +66,20 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel
 
-from densepred.config import Params, ParamsError, SweepCfg, apply_override, project_root, validate
-from densepred.io import atomic_path, atomic_write_text
+from densepred.config import (
+    Params,
+    ParamsError,
+    SweepCfg,
+    project_root,
+)
+from densepred.io import atomic_write_text
+from densepred.paths import SWEEP_SUMMARY
+from densepred.sweeps import Trial, expand_trials, read_summary, trial_params, value_text, write_summary
 
 ENV_CPUS = "DENSEPRED_RAY_CPUS"
 ENV_STORAGE = "DENSEPRED_RAY_STORAGE"
 PASSED_ENV = ("DENSEPRED_TRACKING", "DENSEPRED_DEBUG")  # forwarded to the trials when set
 STATE_FILE = "sweep.json"
-SUMMARY_FILE = "summary.csv"
 TRIALS_DIR = "trials"
 STALE_DIR = "stale"
 RESULT_FILE = "result.json"
@@ -86,7 +90,6 @@ OBJECT_STORE_BYTES = 128 * 1024**2  # trials exchange only small dicts; Ray woul
 STATE_SYNC_S = 10  # copy Ray's experiment state to the storage path at most this stale (Ray: 300 s)
 SUMMARY_COLUMNS = ["variant", "status", "attempts", "error"]
 MAX_ERROR_CHARS = 500
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 TrialFn = Callable[[Params, str, Path], Mapping[str, Any]]
 """A trial: (trial params, job name, trial folder) -> flat metrics. The default is `run_job_chain`."""
@@ -97,84 +100,6 @@ class SweepInterrupted(KeyboardInterrupt):
 
 
 # ------------------------------------------------------------------------------------------ settings
-
-
-@dataclasses.dataclass(frozen=True)
-class Trial:
-    """One setting of a sweep: a variant name and its overrides, dotted keys relative to the job."""
-
-    variant: str
-    overrides: dict[str, Any]
-    shared: tuple[str, ...] = ()  # keys of `overrides` that come from the sweep's `base` (every trial)
-
-    def setting(self) -> str:
-        """Human-readable overrides that make this trial differ, e.g. `num_queries=8`; `default` for none."""
-        own = {k: v for k, v in self.overrides.items() if k not in self.shared}
-        if not own:
-            return "default"
-        return ", ".join(f"{key.rsplit('.', 1)[-1]}={_text(v)}" for key, v in own.items())
-
-
-def expand_trials(sweep: SweepCfg, name: str = "sweep") -> list[Trial]:
-    """The trials of a sweep in declared order: variants crossed with the grid's cartesian product.
-
-    A grid point is named after the last component of each key and its value (`num_queries_8`,
-    `decoder_layers_1-1-1`; several keys joined by `__`); with variants as well, `<variant>__<point>`.
-    Names must be unique and file-system safe; a grid key that a variant also sets is an error.
-    """
-    variants = sweep.variants or {"": {}}
-    for variant in sweep.variants:
-        if not _SAFE_NAME.match(variant):
-            raise ValueError(
-                f"sweeps.{name}.variants: name {variant!r} must start with a letter or digit and use only "
-                "letters, digits, '.', '_' and '-' (it names the trial folder)"
-            )
-    keys = list(sweep.grid)
-    empty = [k for k in keys if not sweep.grid[k]]
-    if empty:
-        raise ValueError(f"sweeps.{name}.grid: no values for {empty}")
-    points = list(itertools.product(*(sweep.grid[k] for k in keys))) if keys else [()]
-    trials: list[Trial] = []
-    for variant, base in variants.items():
-        for point in points:
-            clash = sorted(set(base) & set(keys))
-            if clash:
-                raise ValueError(f"sweeps.{name}: variant {variant!r} sets grid key(s) {clash}")
-            grid_name = "__".join(f"{k.rsplit('.', 1)[-1]}_{_slug(v)}" for k, v in zip(keys, point))
-            label = "__".join(x for x in (variant, grid_name) if x)
-            own = {**base, **dict(zip(keys, point))}
-            shared = tuple(k for k in sweep.base if k not in own)
-            trials.append(Trial(label, {**sweep.base, **own}, shared))
-    seen: set[str] = set()
-    for trial in trials:
-        if trial.variant in seen:
-            raise ValueError(f"sweeps.{name}: two settings are both named {trial.variant!r}; use variants")
-        seen.add(trial.variant)
-    return trials
-
-
-def _slug(value: Any) -> str:
-    """A value as a file-name fragment: [1, 1, 1] -> '1-1-1', True -> 'true', 0.5 -> '0.5'."""
-    if isinstance(value, list | tuple):
-        return "-".join(_slug(v) for v in value)
-    return re.sub(r"[^A-Za-z0-9.]+", "_", _text(value)).strip("_") or "none"
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_text(v) for v in value) + "]"
-    return str(value)
-
-
-def trial_params(params: Params, job: str, trial: Trial, source: str = "sweep") -> Params:
-    """`params` with the trial's overrides applied under `jobs.<job>.`, validated as a whole."""
-    tree = params.model_dump(mode="json")
-    for key, value in trial.overrides.items():
-        parts = ["jobs", job, *key.split(".")]
-        apply_override(tree, parts, value, source=f"{source} variant {trial.variant!r}")
-    return validate(tree, f"{source} variant {trial.variant!r}")
 
 
 def absolute_paths(node: Any, base: Path) -> Any:
@@ -312,9 +237,9 @@ def run_sweep(
                 f"sweep {sweep!r} stopped with unfinished trials {list(frame['variant'][interrupted])}; "
                 f"rerun the same command to resume from {storage}/{plan.experiment}"
             )
-        write_summary(frame, out / SUMMARY_FILE)
+        write_summary(frame, out / SWEEP_SUMMARY)
     ok = int(frame["status"].eq("ok").sum())
-    print(f"[tune {sweep}] {ok}/{len(frame)} trials ok -> {out / SUMMARY_FILE}", flush=True)
+    print(f"[tune {sweep}] {ok}/{len(frame)} trials ok -> {out / SWEEP_SUMMARY}", flush=True)
     return frame
 
 
@@ -360,7 +285,7 @@ def _set_aside(out: Path, old_digest: str) -> Path:
         n += 1
     stale = stale_root / f"{old_digest[:12]}-{n}"
     stale.mkdir()
-    for name in (STATE_FILE, SUMMARY_FILE, TRIALS_DIR, "ray"):
+    for name in (STATE_FILE, SWEEP_SUMMARY, TRIALS_DIR, "ray"):
         if (out / name).exists():
             os.replace(out / name, stale / name)
     print(
@@ -543,8 +468,8 @@ def _parent_run(
             atomic_write_text(out / STATE_FILE, json.dumps(state, indent=2, sort_keys=True) + "\n")
         run.set_tags({"sweep": sweep, "table": cfg.table})
         yield run.run_id
-        if (out / SUMMARY_FILE).is_file():
-            run.log_artifact(out / SUMMARY_FILE)
+        if (out / SWEEP_SUMMARY).is_file():
+            run.log_artifact(out / SWEEP_SUMMARY)
 
 
 @contextlib.contextmanager
@@ -562,7 +487,7 @@ def _trial_run(plan: _Plan, variant: str, params: Params, folder: Path) -> Itera
         if plan.parent_run_id:
             tags["mlflow.parentRunId"] = plan.parent_run_id
         run.set_tags(tags)
-        run.log_params({f"override.{k}": _text(v) for k, v in plan.trials[variant].overrides.items()})
+        run.log_params({f"override.{k}": value_text(v) for k, v in plan.trials[variant].overrides.items()})
         yield run
 
 
@@ -588,7 +513,7 @@ def summarize(plan: _Plan, grid: Any) -> pd.DataFrame:
             "attempts": _attempts(plan.trials_dir / variant),
             "error": error,
         }
-        row.update({k: _text(trial.overrides[k]) if k in trial.overrides else "" for k in override_keys})
+        row.update({k: value_text(trial.overrides[k]) if k in trial.overrides else "" for k in override_keys})
         row.update(metrics)
         rows.append(row)
     frame = pd.DataFrame(rows)
@@ -626,30 +551,6 @@ def _attempts(folder: Path) -> int:
     return len(path.read_text().splitlines()) if path.is_file() else 0
 
 
-def write_summary(frame: pd.DataFrame, path: Path) -> Path:
-    """Write the summary CSV atomically with a fixed float format (byte-stable for DVC and git)."""
-    with atomic_path(Path(path)) as tmp:
-        frame.to_csv(tmp, index=False, float_format="%.6g", lineterminator="\n")
-    return Path(path)
-
-
-def read_summary(path: str | Path) -> pd.DataFrame:
-    """Read a sweep's summary CSV, with a clear error when it is missing."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"sweep summary not found: {path} (run `densepred tune` for that sweep first)"
-        )
-    return pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"variant": str, "error": str})
-
-
-def write_ablation_tables(params: Params, sweeps_dir: str | Path, out_dir: str | Path) -> list[Path]:
-    """results/ablation_*.csv from the sweep summaries under `sweeps_dir/<sweep>/summary.csv`."""
-    from densepred.ablations import write_ablation_tables as write
-
-    return write(params, sweeps_dir, out_dir)
-
-
 __all__ = [
     "SweepInterrupted",
     "Trial",
@@ -658,6 +559,5 @@ __all__ = [
     "run_job_chain",
     "run_sweep",
     "trial_params",
-    "write_ablation_tables",
     "write_summary",
 ]

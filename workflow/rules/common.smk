@@ -1,24 +1,34 @@
-# Loads and validates the params profile, and builds the stage list every rule file wires.
+# Loads and validates the params profile (with Snakemake's --config applied like --set), and builds
+# the stage list every rule file wires.
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from snakemake.utils import validate
 
-from densepred.config import load_params
-from densepred.pipeline import build_stages
+from densepred.config import ParamsError, load_params, read_yaml
+from densepred.pipeline import Command, build_stages, config_overrides
 
 if workflow.overwrite_configfiles:
     if len(workflow.overwrite_configfiles) != 1:
         raise ValueError("give exactly one params profile with --configfile (e.g. params/paper.yaml)")
-    PARAMS_FILE = str(workflow.overwrite_configfiles[0])
+    PARAMS_FILE = os.path.relpath(workflow.overwrite_configfiles[0])
 else:
     PARAMS_FILE = "params/smoke.yaml"
 
     configfile: PARAMS_FILE
 
 
-validate(config, "../schemas/params.schema.json", set_default=False)
-PARAMS = load_params(PARAMS_FILE)
-STAGES = build_stages(PARAMS, PARAMS_FILE)
+try:
+    OVERRIDES = config_overrides(config, read_yaml(Path(PARAMS_FILE)))
+    PARAMS = load_params(PARAMS_FILE, OVERRIDES)
+except ParamsError as exc:
+    sys.exit(f"densepred: {exc}")
+# the resolved profile (presets merged, overrides applied) against the exported schema
+validate(PARAMS.model_dump(mode="json"), "../schemas/params.schema.json", set_default=False)
+STAGES = build_stages(PARAMS, PARAMS_FILE, OVERRIDES)
+STAGE_NAMES = {s.name for s in STAGES}
 
 
 def stages_of(*kinds):
@@ -41,10 +51,36 @@ def outputs_of(stage):
     return outs
 
 
+def inputs_of(stage):
+    """Data and checkpoint inputs, and the .py files of the packages the stage imports."""
+    return [*stage.deps, *stage.source_files]
+
+
 def params_of(stage):
-    """Rule params: the command (evaluated now, not at run time when the loop variable has moved on)
-    and the job settings whose change must rerun the stage."""
-    return {"command": stage.command, **stage.params}
+    """Rule params: the stage's resolved settings (the rerun trigger) and its command. The command is
+    a `Command` object, which Snakemake cannot represent and so leaves out of the params trigger:
+    the params file's path and the checkout's location never rerun a stage."""
+    return {"settings": stage.settings, "command": Command(stage.argv)}
+
+
+def dvc_commit(log):
+    """After a successful run, record what Snakemake built in dvc.lock (`dvc commit`), so that
+    `dvc status` agrees. Only for the profile and overrides dvc.yaml was generated for: the default
+    profile with no --config."""
+    if not Path(".dvc").is_dir() or not Path("dvc.yaml").is_file():
+        return
+    if OVERRIDES or PARAMS_FILE != "params/smoke.yaml":
+        print("dvc.lock not updated: dvc.yaml describes params/smoke.yaml without overrides", file=sys.stderr)
+        return
+    built = sorted({job.rule.name for job in workflow.dag.jobs} & STAGE_NAMES)
+    if built:
+        done = subprocess.run(["dvc", "commit", "--force", "--quiet", *built], check=False)
+        if done.returncode != 0:
+            print(f"dvc commit failed (exit {done.returncode}); run `dvc commit` by hand", file=sys.stderr)
+
+
+onsuccess:
+    dvc_commit(log)
 
 
 localrules:

@@ -7,7 +7,7 @@ for _stage in stages_of("tune"):
         name:
             _stage.name
         input:
-            _stage.deps,
+            inputs_of(_stage),
         output:
             outputs_of(_stage),
         params:

@@ -1,0 +1,101 @@
+"""Where every stage output lives: the one owner of run folders, checkpoint, evaluation, sweep,
+table and log paths and file names. The pipeline (Snakemake and DVC), the CLI commands, the
+trainer, the evaluation, the sweeps and the tables all ask this module.
+
+    <runs>/<job>/{pretrain,finetune}/final.pt             a training stage's output
+    <runs>/<job>/{pretrain,finetune}/checkpoints/last.pt   its rolling, resumable checkpoint
+    <runs>/<job>/eval/<dataset>.json                       evaluation metrics (+ <dataset>_figures/)
+    <runs>/figure7/<job>/frac<pct>/...                     the Fig. 7 data-fraction chains
+    <runs>/sweeps/<sweep>/summary.csv                      a sweep's per-trial results
+    <results>/<table>.csv                                  results tables and figures
+    logs/<profile>/<stage>.log                             a pipeline stage's log
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from densepred.config import Params
+
+FINAL_CHECKPOINT = "final.pt"
+LAST_CHECKPOINT = Path("checkpoints") / "last.pt"
+SWEEP_SUMMARY = "summary.csv"
+TRAIN_LOG = "train_log.csv"
+
+
+def run_dir(params: Params, job: str) -> Path:
+    """The folder of one job's main chain."""
+    return Path(params.paths.runs) / job
+
+
+def stage_dir(run: Path, stage: str) -> Path:
+    """A training stage's folder inside a chain's run folder."""
+    return Path(run) / stage
+
+
+def final_checkpoint(stage_folder: Path) -> Path:
+    """A training stage's output; its existence means the stage is complete."""
+    return Path(stage_folder) / FINAL_CHECKPOINT
+
+
+def last_checkpoint(stage_folder: Path) -> Path:
+    """A training stage's rolling, resumable checkpoint."""
+    return Path(stage_folder) / LAST_CHECKPOINT
+
+
+def train_log(stage_folder: Path) -> Path:
+    """A training stage's per-log-step CSV (step, lr, losses)."""
+    return Path(stage_folder) / TRAIN_LOG
+
+
+def eval_path(params: Params, job: str, dataset: str) -> str:
+    """Where the evaluation of `job` on `dataset` is written."""
+    return str(run_dir(params, job) / "eval" / f"{dataset}.json")
+
+
+def figures_dir(eval_json: str | Path) -> str:
+    """The folder of prediction figures written beside an evaluation JSON."""
+    return str(Path(eval_json).with_suffix("")) + "_figures"
+
+
+def fraction_tag(fraction: float) -> str:
+    """0.25 -> '25' (percent, for paths and stage names)."""
+    return f"{round(fraction * 100):d}"
+
+
+def is_main_figure7_point(params: Params, job: str, fraction: float) -> bool:
+    """True when the main job is Fig. 7's point at `fraction` (100% of its pretraining data)."""
+    cfg = params.jobs[job]
+    return fraction == 1.0 and cfg.pretrain is not None and cfg.pretrain.fraction == 1.0
+
+
+def figure7_run_dir(params: Params, job: str, fraction: float) -> Path:
+    """The run folder of `job` pretrained on `fraction` of Taskonomy (Fig. 7)."""
+    return Path(params.paths.runs) / "figure7" / job / f"frac{fraction_tag(fraction)}"
+
+
+def figure7_eval_path(params: Params, job: str, fraction: float) -> str:
+    """Evaluation of `job` pretrained on `fraction` of Taskonomy (Fig. 7); 100% is the main job."""
+    if is_main_figure7_point(params, job, fraction):
+        return eval_path(params, job, "nyud")
+    return str(figure7_run_dir(params, job, fraction) / "eval" / "nyud.json")
+
+
+def sweep_dir(params: Params, sweep: str) -> Path:
+    """A sweep's folder (Ray storage, trial folders, summary)."""
+    return Path(params.paths.runs) / "sweeps" / sweep
+
+
+def sweep_summary_path(params: Params, sweep: str) -> str:
+    """The summary CSV a sweep writes."""
+    return str(sweep_dir(params, sweep) / SWEEP_SUMMARY)
+
+
+def table_path(params: Params, name: str, suffix: str = ".csv") -> str:
+    """A results table or figure, e.g. results/table2.csv."""
+    return str(Path(params.paths.results) / f"{name}{suffix}")
+
+
+def log_path(params: Params, stage_name: str) -> str:
+    """A pipeline stage's log file."""
+    return str(Path("logs") / params.profile / f"{stage_name}.log")

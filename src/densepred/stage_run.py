@@ -1,0 +1,121 @@
+"""One stage execution, resolved once from the params.
+
+The CLI, the pipeline (Snakemake rules and DVC stages) and the sweep runner each build one
+`StageRun` per stage execution, from the profile, the job name, the stage and the paths, and pass it
+down; nothing below them looks a job or a stage up in `Params` again.
+
+`identity()` is what determines a stage's result (model, tasks, the stage's merged settings, seed,
+numerics): the pipeline's rule params and the trainer's checkpoint fingerprint are both built from
+it, so a rerun is keyed on content, never on a command line, a params file path or a checkout's
+location.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from densepred.config import DatasetCfg, EvalCfg, JobCfg, Params, RuntimeCfg, StageCfg, TrackingCfg
+
+TRAIN_STAGES = ("pretrain", "finetune")
+EVALUATE = "evaluate"
+# Runtime settings that can change a result's numbers (the others only place or size the job).
+NUMERICS_KEYS = ("device", "amp", "channels_last", "compile", "deterministic")
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """Everything one stage execution needs: job and stage settings, runtime, seed, data, paths."""
+
+    profile: str
+    job: str
+    stage: str  # "pretrain", "finetune" or "evaluate"
+    job_cfg: JobCfg
+    settings: StageCfg | EvalCfg
+    runtime: RuntimeCfg
+    seed: int
+    dataset: str
+    data: DatasetCfg
+    tracking: TrackingCfg
+    out: Path
+    init: Path | None = None  # train: the --init checkpoint; evaluate: the checkpoint evaluated
+
+    @classmethod
+    def train(cls, params: Params, job: str, stage: str, out: Path, init: Path | None = None) -> StageRun:
+        """A training stage of `job` (`jobs.<job>.<stage>`), with a clear error when it has none."""
+        if stage not in TRAIN_STAGES:
+            raise ValueError(f"stage must be one of {TRAIN_STAGES}, got {stage!r}")
+        job_cfg = params.job(job)
+        settings = getattr(job_cfg, stage)
+        if settings is None:
+            raise ValueError(
+                f"job {job!r} has no {stage} stage (jobs.{job}.{stage} is null in {params.profile!r})"
+            )
+        return cls._build(params, job, stage, job_cfg, settings, settings.dataset, out, init)
+
+    @classmethod
+    def evaluate(
+        cls, params: Params, job: str, ckpt: Path, out: Path, dataset: str | None = None
+    ) -> StageRun:
+        """The evaluation of checkpoint `ckpt` of `job` on `dataset` (default: the job's own)."""
+        job_cfg = params.job(job)
+        settings = job_cfg.evaluate
+        name = dataset or settings.dataset
+        if name != settings.dataset:
+            settings = settings.model_copy(update={"dataset": name})
+        return cls._build(params, job, EVALUATE, job_cfg, settings, name, out, ckpt)
+
+    @classmethod
+    def _build(
+        cls,
+        params: Params,
+        job: str,
+        stage: str,
+        job_cfg: JobCfg,
+        settings: StageCfg | EvalCfg,
+        dataset: str,
+        out: Path,
+        init: Path | None,
+    ) -> StageRun:
+        if dataset not in params.datasets:
+            raise ValueError(f"profile {params.profile!r} has no `datasets.{dataset}` section")
+        return cls(
+            profile=params.profile,
+            job=job,
+            stage=stage,
+            job_cfg=job_cfg,
+            settings=settings,
+            runtime=params.runtime,
+            seed=params.seed,
+            dataset=dataset,
+            data=params.datasets[dataset],
+            tracking=params.tracking,
+            out=Path(out),
+            init=Path(init) if init is not None else None,
+        )
+
+    def identity(self) -> dict[str, Any]:
+        """What determines this stage's result (JSON-ready); paths, resources and names of files are
+        left out, so that a moved checkout or a renamed params file changes nothing."""
+        runtime = self.runtime.model_dump(mode="json")
+        return {
+            "job": self.job,
+            "stage": self.stage,
+            "model": self.job_cfg.model.model_dump(mode="json"),
+            "tasks": list(self.job_cfg.tasks),
+            "settings": self.settings.model_dump(mode="json"),
+            "seed": self.seed,
+            "numerics": {k: runtime[k] for k in NUMERICS_KEYS},
+        }
+
+    def identity_json(self) -> str:
+        """`identity()` as canonical JSON (sorted keys)."""
+        return json.dumps(self.identity(), sort_keys=True)
+
+    def fingerprint(self, init_identity: str | None = None) -> str:
+        """sha256 of the identity and of the identity of the --init weights (see engine/train.py)."""
+        text = self.identity_json() + "\n" + (init_identity or "")
+        return hashlib.sha256(text.encode()).hexdigest()
