@@ -18,6 +18,7 @@ from densepred.metrics import (
     MetricSuite,
     build_meters,
     delta_m,
+    multitask_delta_m,
 )
 
 TASKS = ["semseg", "depth", "normals", "edge"]
@@ -169,6 +170,7 @@ def test_delta_m_hand_computed():
     assert delta_m(multi, single, higher) == pytest.approx(1.25)
     assert delta_m(single, single, higher) == 0.0
     assert NYUD_DELTA_M_METRICS["depth"] == ("depth_mtl/rms", False)
+    assert NYUD_DELTA_M_METRICS["semseg"] == ("semseg/miou_all", True)  # the published mIoU convention
 
 
 @pytest.mark.parametrize(
@@ -182,3 +184,44 @@ def test_delta_m_hand_computed():
 def test_delta_m_errors(multi, single, message):
     with pytest.raises(ValueError, match=message):
         delta_m(multi, single, {"a": True, "b": False} if len(multi) == 2 else {"a": True})
+
+
+def _result(miou_all: float, rms: float, normals: float, odsf: float) -> dict:
+    """A flat evaluation result as `densepred evaluate` writes it (present-classes mIoU set apart)."""
+    return {
+        "semseg/miou": 2 * miou_all,
+        "semseg/miou_all": miou_all,
+        "depth_mtl/rms": rms,
+        "depth_eigen/rms": 99.0,
+        "normals/mean": normals,
+        "edge/odsf": odsf,
+    }
+
+
+def test_multitask_delta_m_takes_each_task_metric_from_its_reference():
+    multi = _result(44.0, 0.55, 19.0, 77.0)
+    refs = {
+        "semseg": _result(40.0, 9.0, 9.0, 9.0),
+        "depth": _result(9.0, 0.50, 9.0, 9.0),
+        "normals": _result(9.0, 9.0, 20.0, 9.0),
+        "edge": _result(9.0, 9.0, 9.0, 77.0),
+    }
+    # (+10% - 10% + 5% + 0%) / 4 = +1.25%, as in test_delta_m_hand_computed
+    assert multitask_delta_m(multi, refs, TASKS) == pytest.approx(1.25)
+    # Over a subset of tasks: semseg +10% and depth -10% average to 0.
+    assert multitask_delta_m(multi, refs, ["semseg", "depth"]) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize(
+    ("refs", "tasks", "message"),
+    [
+        ({"semseg": _result(40.0, 1.0, 1.0, 1.0)}, ["semseg", "depth"], r"no single-task reference.*'depth'"),
+        ({"semseg": {"semseg/miou": 40.0}}, ["semseg"], r"semseg reference has no 'semseg/miou_all'"),
+        ({"semseg": _result(40.0, 1.0, 1.0, 1.0)}, ["parts"], r"no Delta_m metric for task\(s\) \['parts'\]"),
+        ({}, [], "no task given"),
+        ({"edge": _result(1.0, 1.0, 1.0, 0.0)}, ["edge"], "'edge/odsf' is 0"),
+    ],
+)
+def test_multitask_delta_m_errors(refs, tasks, message):
+    with pytest.raises(ValueError, match=message):
+        multitask_delta_m(_result(44.0, 0.55, 19.0, 77.0), refs, tasks)

@@ -2,9 +2,10 @@
 
 Each sweep under `sweeps:` in the params names the table it feeds (`table: ablation_k`, ...). A table
 gets one row per sweep setting: which sweep, job, model and backbone, the variant, its setting in
-words (`num_queries=8`), the trial status, and the metrics of MQTransformer Tables IV-VI (mIoU,
-depth RMSE, normals mean error, boundary odsF; PolyMaX sweeps add the Eigen-protocol depth RMSE that
-PolyMaX reports). Only the columns of tasks that the table's jobs predict are present.
+words (`num_queries=8`), the trial status, and the metrics of MQTransformer Tables IV-VI (mIoU over
+all classes, plus the present-classes mean as `miou_present_pct`; depth RMSE, normals mean error,
+boundary odsF; PolyMaX sweeps add the Eigen-protocol depth RMSE that PolyMaX reports). Only the
+columns of tasks that the table's jobs predict are present.
 
 With a real-data profile (no `synth:` section, e.g. params/paper.yaml) the papers' numbers from
 `densepred.reported.ABLATIONS` appear beside ours as `<column>_paper` and `<column>_diff`, plus
@@ -30,9 +31,12 @@ from densepred.reported import ABLATION_SOURCES, reported_ablation
 from densepred.sweeps import expand_trials, read_summary
 
 # (column, metric key in the sweep summary, task). Units as in the results tables: percent for mIoU
-# and odsF, metres for depth, degrees for normals.
+# and odsF, metres for depth, degrees for normals. `miou_pct` is the mean over all classes (absent
+# ones count 0), the convention of MQTransformer's Tables IV-VI; `miou_present_pct` the mean over the
+# classes that occur (see `densepred.tables`).
 ABLATION_METRICS: list[tuple[str, str, str]] = [
-    ("miou_pct", "semseg/miou", "semseg"),
+    ("miou_pct", "semseg/miou_all", "semseg"),
+    ("miou_present_pct", "semseg/miou", "semseg"),
     ("depth_rms", "depth_eigen/rms", "depth"),
     ("depth_rms_mtl", "depth_mtl/rms", "depth"),
     ("normals_mean", "normals/mean", "normals"),

@@ -1,6 +1,6 @@
 """Atomic output helpers: every stage output is written to a temp file and renamed into place.
 
-An interrupted job therefore never leaves a half-written file that looks complete (DESIGN.md).
+An interrupted job therefore never leaves a half-written file that looks complete.
 The renamed outputs get the usual permissions (0666 / 0777 less the umask), not the owner-only mode
 of `tempfile`'s temp files, so results stay readable to the other users of a shared project folder.
 """

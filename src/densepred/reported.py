@@ -4,6 +4,11 @@ Units follow the table columns: mIoU, normals %<t and boundary odsF in percent; 
 delta1 as a fraction (PolyMaX Table 2 convention; Table 3's percentages are converted); params in
 millions; GFLOPs as reported. Each entry says which table it comes from.
 
+A paper's mIoU is compared with our `miou_pct`, the mean over all classes (absent ones count 0), as
+the multi-task codebases behind MQTransformer's tables compute it (docs/protocols.md). PolyMaX
+(Sec. 4.1) does not say which mean it takes; the two coincide whenever every class occurs in the
+test split.
+
 Keys: (model, backbone) where model is the params `model.name` ("polymax", "deeplabv3plus",
 "mqtransformer", "stl_baseline", "mtl_baseline") and backbone the timm name the paper profile uses.
 """

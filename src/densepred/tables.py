@@ -9,6 +9,12 @@
 Rows are sorted and columns fixed, so the CSVs are byte-stable for git and DVC diffs. With a real-data
 profile (no `synth:` section), the papers' reported numbers and our difference appear beside each
 metric as `<column>_paper` and `<column>_diff`.
+
+`miou_pct` is the published multi-task convention: the mean IoU over all classes of the dataset, a
+class absent from both prediction and ground truth counting 0 (`semseg/miou_all`, as MTI-Net, ATRC,
+MQTransformer and InvPT compute it; docs/protocols.md). `miou_present_pct` is the mean over the
+classes that occur (`semseg/miou`). The two agree when every class occurs in the test split, and
+differ on subsets and on the synthetic smoke data, which never contains 11 of the 40 NYUD-v2 classes.
 """
 
 from __future__ import annotations
@@ -23,13 +29,15 @@ import pandas as pd
 
 from densepred.config import JobCfg, Params
 from densepred.io import atomic_path
+from densepred.metrics import multitask_delta_m
 from densepred.paths import eval_path, figure7_eval_path, figures_dir
 from densepred.pipeline import figure8_job
 from densepred.reported import reported_table2, reported_table3
 
 # (column, metrics-JSON key, higher is better). Units: percent for mIoU / %<t / odsF.
 METRIC_COLUMNS: list[tuple[str, str, bool]] = [
-    ("miou_pct", "semseg/miou", True),
+    ("miou_pct", "semseg/miou_all", True),
+    ("miou_present_pct", "semseg/miou", True),
     ("depth_rms", "depth_eigen/rms", False),
     ("depth_abs_rel", "depth_eigen/abs_rel", False),
     ("depth_log10", "depth_eigen/log10", False),
@@ -45,13 +53,6 @@ METRIC_COLUMNS: list[tuple[str, str, bool]] = [
 ]
 META_COLUMNS = ["model", "backbone", "pretraining", "tasks", "profile", "dataset", "job"]
 TAIL_COLUMNS = ["delta_m_pct", "params_m", "gflops"]
-# The per-task metric that enters delta_m (MTI-Net / ATRC / InvPT convention).
-DELTA_M_METRICS = {
-    "semseg": ("miou_pct", True),
-    "depth": ("depth_rms_mtl", False),
-    "normals": ("normals_mean", False),
-    "edge": ("edge_odsf_pct", True),
-}
 
 
 def read_metrics(path: str | Path) -> dict[str, Any]:
@@ -93,21 +94,6 @@ def metric_row(params: Params, name: str, result: dict[str, Any], dataset: str) 
     return row
 
 
-def delta_m(row: dict[str, Any], refs: dict[str, dict[str, Any]], tasks: list[str]) -> float:
-    """Multi-task performance relative to single-task references, in percent (MTI-Net Eq.):
-    delta_m = 100/T * sum_t (-1)^{l_t} (M_mt - M_st) / M_st, l_t = 1 when lower is better."""
-    terms = []
-    for task in tasks:
-        column, higher = DELTA_M_METRICS[task]
-        ref = refs.get(task, {}).get(column, math.nan)
-        value = row.get(column, math.nan)
-        if not (math.isfinite(ref) and math.isfinite(value)) or ref == 0:
-            return math.nan
-        sign = 1.0 if higher else -1.0
-        terms.append(sign * (value - ref) / ref)
-    return 100.0 * sum(terms) / len(terms) if terms else math.nan
-
-
 def _with_reported(frame: pd.DataFrame, reported: Any) -> pd.DataFrame:
     """Add `<col>_paper` and `<col>_diff` beside every metric column that a paper reports."""
     out = frame.copy()
@@ -126,24 +112,40 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
         frame.to_csv(tmp, index=False, float_format="%.4f")
 
 
+def table2_delta_m(params: Params, name: str, results: dict[str, dict[str, Any]]) -> float:
+    """The `delta_m_pct` cell of job `name` in table 2, from the NYUD-v2 results of its references.
+
+    - a job that other jobs name in `delta_m_refs` is a single-task baseline: 0 by definition;
+    - a job with `delta_m_refs` gets `densepred.metrics.multitask_delta_m` over its tasks (every task
+      needs a reference; a missing one, or a metric that makes Delta_m undefined, is an error);
+    - any other job has no Delta_m: NaN, an empty cell in the CSV.
+
+    `results` holds the evaluation results already read (job -> flat metrics); a reference outside
+    table 2 is read from its own evaluation file and added to it.
+    """
+    job = params.jobs[name]
+    if any(name in other.delta_m_refs.values() for other in params.jobs.values()):
+        return 0.0
+    if not job.delta_m_refs:
+        return math.nan
+    references = {}
+    for task, ref_job in job.delta_m_refs.items():
+        if ref_job not in results:
+            results[ref_job] = read_metrics(eval_path(params, ref_job, "nyud"))
+        references[task] = results[ref_job]
+    try:
+        return multitask_delta_m(results[name], references, job.tasks)
+    except ValueError as exc:
+        raise ValueError(f"jobs.{name}: {exc} (delta_m_refs {job.delta_m_refs})") from None
+
+
 def table2(params: Params) -> pd.DataFrame:
     """NYUD-v2 test results of every job that feeds table 2, with delta_m for multi-task jobs."""
     names = [n for n, j in params.jobs.items() if "table2" in j.tables and j.finetune is not None]
-    rows = {n: metric_row(params, n, read_metrics(eval_path(params, n, "nyud")), "nyud") for n in names}
-    references = {r for j in params.jobs.values() for r in j.delta_m_refs.values()}
+    results = {n: read_metrics(eval_path(params, n, "nyud")) for n in names}
+    rows = {n: metric_row(params, n, results[n], "nyud") for n in names}
     for name, row in rows.items():
-        job = params.jobs[name]
-        refs = {}
-        for task, ref_job in job.delta_m_refs.items():
-            if ref_job not in rows:  # a reference outside table 2 is read on its own
-                rows_ref = read_metrics(eval_path(params, ref_job, "nyud"))
-                refs[task] = metric_row(params, ref_job, rows_ref, "nyud")
-            else:
-                refs[task] = rows[ref_job]
-        if name in references:
-            row["delta_m_pct"] = 0.0  # a single-task reference is the baseline of delta_m
-        else:
-            row["delta_m_pct"] = delta_m(row, refs, job.tasks) if refs else math.nan
+        row["delta_m_pct"] = table2_delta_m(params, name, results)
     frame = pd.DataFrame(
         list(rows.values()), columns=META_COLUMNS + [c for c, _, _ in METRIC_COLUMNS] + TAIL_COLUMNS
     )

@@ -1,6 +1,6 @@
 """Task names and per-dataset facts shared by data, models, losses, metrics and tables.
 
-Tensor conventions (DESIGN.md): image float32 (3,H,W) in [0,1]; semseg int64 (H,W), 255 = ignore;
+Tensor conventions (docs/conventions.md): image float32 (3,H,W) in [0,1]; semseg int64 (H,W), 255 = ignore;
 depth float32 (1,H,W) metres, 0 = invalid; normals float32 (3,H,W) unit vectors in the camera frame
 (x right, y down, z forward), zero vector = invalid; edge float32 (1,H,W) in {0,1}.
 """

@@ -11,12 +11,13 @@ Where runs go (`tracking_uri`): MLFLOW_TRACKING_URI, else `params.tracking.uri`,
 `sqlite:///<project root>/mlflow.db`; a relative sqlite path is made absolute against the project
 root, so a process that changed directory (a Ray Tune trial) still writes into the same database.
 Experiments created here get an absolute artifact location next to the database
-(`<db folder>/mlartifacts/<experiment>`), for the same reason (reference/pipeline-ecosystem.md §4.1).
+(`<db folder>/mlartifacts/<experiment>`), for the same reason: with a sqlite URI and no artifact
+root, MLflow puts artifacts under `./mlruns` of the current directory.
 
-Parallel writers on SQLite (§4.3 there): a fresh database is initialised and the experiment created
-under an exclusive file lock (`<db>.lock`), so concurrent processes never race on schema migrations
-or on creating the same experiment; MLflow's sessions already set a 20 s busy timeout, and every
-write is retried with backoff when SQLite still reports "database is locked".
+Parallel writers on SQLite (MLflow issues 4123 and 10334, hydraflow 245): a fresh database is initialised
+and the experiment created under an exclusive file lock (`<db>.lock`), so concurrent processes never race
+on schema migrations or on creating the same experiment; MLflow's sessions already set a 20 s busy
+timeout, and every write is retried with backoff when SQLite still reports "database is locked".
 
 `DENSEPRED_TRACKING=off` (or 0/false/no) turns tracking off: `start_run` then yields a `NullRun`
 whose methods do nothing, and MLflow is not even imported.

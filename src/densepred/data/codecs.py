@@ -1,6 +1,6 @@
 """Reading and writing the per-file encodings of the raw datasets, with clear errors.
 
-Encodings (data-formats.md sections 1.4, 2.1 and 3.2):
+Encodings (docs/data-formats.md §1.4, §2 and §3.2):
 - 8-bit normals: n = 2 v / 255 - 1 per channel; a writer stores round((n + 1) / 2 * 255).
 - Taskonomy depth: 16-bit grey PNG, metres = v / 512, 65535 = no geometry.
 - PNG/JPEG/NPY decoding errors (zero-byte, truncated, corrupt) become `ValueError` naming the file,

@@ -1,11 +1,11 @@
 """Label sets of NYUD-v2 and Taskonomy, the official NYUD 894->40 class map, label boundaries.
 
-Facts from the NYUD-v2 `classMapping40.mat` (Gupta et al.) and the Taskonomy semantic label list, as
-recorded in the reference notes (data-formats.md, sections 1.3 and 3.2, Appendix A). Everything here
-is a pure function of its input; the tables are module constants, never mutated.
+Facts from the NYUD-v2 `classMapping40.mat` (Gupta et al.) and the Taskonomy semantic label list
+(docs/data-formats.md §1.3 and §3.2). Everything here is a pure function of its input; the tables
+are module constants, never mutated.
 
-Training ids follow the multi-task convention (data-formats.md 1.3 and 3.2): NYUD raw 0 (void) -> 255,
-1..40 -> 0..39; Taskonomy 0 (uncertain) -> 255, 1..17 -> 0..16.
+Training ids follow the multi-task convention (docs/data-formats.md §1.3 and §3.2): NYUD raw 0
+(void) -> 255, 1..40 -> 0..39; Taskonomy 0 (uncertain) -> 255, 1..17 -> 0..16.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ TASKONOMY_CLASSES: tuple[str, ...] = (
 
 NYU_RAW_NUM_CLASSES = 894
 
-# The first 40 of the 894 raw NYUD-v2 names (`names` in the .mat; data-formats.md A.5). The rest are
-# not recorded in our notes; writers use a placeholder for them and readers never need names.
+# The first 40 of the 894 raw NYUD-v2 names (`names` in the .mat, `allClassName` in Gupta et al.'s
+# `classMapping40.mat`). The rest are not recorded here; writers use a placeholder for them and
+# readers never need names.
 NYU_RAW_NAMES_KNOWN: dict[int, str] = {
     1: "book", 2: "bottle", 3: "cabinet", 4: "ceiling", 5: "chair", 6: "cone", 7: "counter",
     8: "dishwasher", 9: "faucet", 10: "fire extinguisher", 11: "floor", 12: "garbage bin",

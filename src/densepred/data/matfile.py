@@ -1,7 +1,7 @@
 """MATLAB MAT-files: v7.3 (HDF5 with a 512-byte MATLAB user block) writing and string cells, and
 byte-reproducible v5 files.
 
-The official NYUD-v2 `nyu_depth_v2_labeled.mat` is such a file (data-formats.md 1.1): h5py reads it,
+The official NYUD-v2 `nyu_depth_v2_labeled.mat` is such a file (docs/data-formats.md §1.1): h5py reads it,
 `scipy.io.loadmat` refuses it. Arrays appear transposed (MATLAB is column-major), and cell arrays of
 strings are (1, n) datasets of HDF5 object references into the `#refs#` group, each pointing at a
 (len, 1) uint16 array of character codes. This module writes files with that structure and decodes

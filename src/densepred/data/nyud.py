@@ -1,4 +1,4 @@
-"""NYUD-v2 reader over the raw files, in either released layout (data-formats.md sections 1 and 2).
+"""NYUD-v2 reader over the raw files, in either released layout (docs/data-formats.md §1 and §2).
 
 Layouts, detected from the files under `root`:
 - "official": `nyu_depth_v2_labeled.mat` (MATLAB v7.3, read lazily with h5py one frame at a time; the

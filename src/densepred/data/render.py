@@ -24,7 +24,7 @@ import numpy as np
 
 from densepred.data.scene import KINDS, Scene, free_position
 
-# NYU Depth v2 RGB intrinsics at 640x480 (NYU toolbox; data-formats.md 1.1).
+# NYU Depth v2 RGB intrinsics at 640x480 (NYU toolbox; docs/data-formats.md §1.1).
 NYU_FX, NYU_FY, NYU_CX, NYU_CY = 518.8579, 519.4696, 325.5824, 253.7362
 NYU_WIDTH, NYU_HEIGHT = 640, 480
 

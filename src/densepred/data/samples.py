@@ -1,6 +1,6 @@
 """The sample dict every reader returns, and its validation.
 
-A sample (DESIGN.md conventions) is a dict with `id` (str) and the requested tasks as torch tensors:
+A sample (docs/conventions.md) is a dict with `id` (str) and the requested tasks as torch tensors:
 `image` float32 (3,H,W) in [0,1]; `semseg` int64 (H,W), 255 = ignore; `depth` float32 (1,H,W) metres,
 0 = invalid; `normals` float32 (3,H,W), zero vector = invalid; `edge` float32 (1,H,W) in {0,1}.
 Readers call `check_sample` before returning, so a decoded-but-wrong sample is an error, never a

@@ -1,12 +1,12 @@
 """Synthetic NYUD-v2 and Taskonomy datasets written in the real on-disk formats.
 
 Scenes come from `scene.py` (procedural furnished rooms) and `render.py` (one ray per pixel), so
-depth, normals, labels, edges and RGB agree physically. Writers follow data-formats.md section 5.2:
+depth, normals, labels, edges and RGB agree physically. Writers follow docs/data-formats.md:
 
 - NYUD-v2 "official": `nyu_depth_v2_labeled.mat` (MATLAB v7.3 = HDF5 with the 512-byte MATLAB
   header; arrays stored transposed: images (N,3,W,H) uint8, depths/rawDepths (N,W,H) float32 m,
   labels (N,W,H) uint16 raw 894-class ids, instances uint8, names/scenes/sceneTypes/raw file names as
-  cells of char references (raw class names past the 40 our notes record are placeholders; no
+  cells of char references (raw class names past the 40 that `labels.py` records are placeholders; no
   reader needs them; `namesToIds` is an opaque MATLAB object and is not written), accelData (4,N)
   float32, approximate angles from the camera pose), `splits.mat` (MATLAB v5, 1-based trainNdxs /
   testNdxs columns) and Eigen-style normals `normals_gt/{normals,masks}/NNNN.png` (0-based index).
@@ -22,7 +22,7 @@ depth, normals, labels, edges and RGB agree physically. Writers follow data-form
 Edges are label discontinuities of (raw label, instance), two pixels wide (`labels.label_boundaries`).
 Every file is a deterministic function of the seed. A `synthetic.json` manifest in the root records
 the parameters and the defects injected on purpose (Taskonomy: one view without its normal PNG and
-one zero-byte RGB PNG, as the real download has corrupt PNGs; data-formats.md 3.1).
+one zero-byte RGB PNG, as the real download has corrupt PNGs; docs/data-formats.md §3.1).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ NYUD_MAT = "nyu_depth_v2_labeled.mat"
 NYUD_SPLITS = "splits.mat"
 _NYU_TEST_SHARE = 654 / 1449
 
-# Taskonomy "tiny" split buildings (data-formats.md Appendix B), so real split CSVs stay meaningful.
+# Taskonomy "tiny" split buildings (docs/data-formats.md §3.3), so real split CSVs stay meaningful.
 TINY_BUILDINGS = {
     "train": (
         "hanson", "merom", "klickitat", "onaga", "leonardo", "marstons", "newfields", "pinesdale",
@@ -360,7 +360,7 @@ def write_taskonomy_view(
     out: Path, building: str, point: int, view: int, rendered: dict, mask_token: str = "mask_valid"
 ) -> None:
     """Write one rendered view (`render.render` output) in the six pixel domains with the Taskonomy
-    encodings (data-formats.md 3.2): glass has no geometry (depth 65535, normal (128,128,128),
+    encodings (docs/data-formats.md §3.2): glass has no geometry (depth 65535, normal (128,128,128),
     mask_valid 0). `mask_token` spells the mask file's domain token."""
     valid = ~rendered["no_depth"]
     normals = encode_normals_uint8(rendered["normals"])

@@ -1,4 +1,4 @@
-"""Taskonomy reader over the raw omnitools layout (data-formats.md section 3).
+"""Taskonomy reader over the raw omnitools layout (docs/data-formats.md §3).
 
 Files live at `<root>/<domain>/taskonomy/<building>/point_<p>_view_<v>_domain_<token>.png`; the
 `taskonomy/` level is optional (older layouts), and files are matched by (building, point, view)

@@ -28,11 +28,11 @@ Evaluation (`EvalTransform`): the full image, padded at the bottom/right to a mu
 `pad_multiple` (32: the backbone strides) with the same ignore values; `valid_size` = (H, W) is
 added so predictions are cropped back with `unpad` before metrics. This is the kMaX-DeepLab
 policy (pad, never resize the labels); MQTransformer evaluates its 425x560 images at full size too.
-Padding is not neutral: the padded pixels enter the convolutions at the border and every global
-layer (PolyMaX's k-means updates assign every pixel, padded ones included, to a cluster). Padding
-120x160 frames by 8 rows raised a smoke PolyMaX's depth RMS from 0.89 to 1.11 m (MQTransformer:
-0.96 either way). The official NYUD-v2 frames (480x640) and the smoke profile's 96x128 frames are
-multiples of 32 and are not padded; the multi-task layout's 425x560 frames are (to 448x576).
+Padding is not neutral: the padded pixels enter the convolutions at the border and every global layer
+(PolyMaX's k-means updates assign every pixel, padded ones included, to a cluster), and it can cost a
+smoke PolyMaX model much depth accuracy (bench/NOTES.md). The official NYUD-v2 frames (480x640) and the
+smoke profile's 96x128 frames are multiples of 32 and are not padded; the multi-task layout's 425x560
+frames are (to 448x576).
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
 """Optimisers and learning-rate schedules of the two papers, selected per job stage in params.
 
-* PolyMaX (kMaX-DeepLab recipe, reference/polymax-kmax.md §3.1): AdamW, betas (0.9, 0.999), decoupled
-  weight decay 0.05 on *weights only* (no decay on normalisation parameters, biases, other 1-d
-  parameters, relative-position tables and cluster centres), backbone learning rate x0.1, linear
-  warmup then poly(0.9) decay to zero, stepped every iteration.
-* MQTransformer (released code, reference/mqtransformer-and-mtl-protocol.md): SGD, momentum 0.9,
-  weight decay 5e-4 on *all* parameters, poly(0.9) per iteration, no warmup. Our `OptimizerCfg`
-  defaults to `decay_norm_and_bias=False` for both; set it to true for the code-faithful variant.
+* PolyMaX (the kMaX-DeepLab recipe of deeplab2's `trainer/` and `configs/*/kmax_deeplab/`): AdamW,
+  betas (0.9, 0.999), decoupled weight decay 0.05 on *weights only* (no decay on normalisation
+  parameters, biases, other 1-d parameters, relative-position tables and cluster centres), backbone
+  learning rate x0.1, linear warmup then poly(0.9) decay to zero, stepped every iteration.
+* MQTransformer (released code: `configure_optimizers` in `src/model/pl_model.py`, `PolynomialLR`):
+  SGD, momentum 0.9, weight decay 5e-4 on *all* parameters, poly(0.9) per iteration, no warmup. Our
+  `OptimizerCfg` defaults to `decay_norm_and_bias=False` for both; set it to true for the
+  code-faithful variant.
 
 Departure from deeplab2: deeplab2 trains the backbone with a second optimiser, so its decoupled weight
 decay also shrinks with the 0.1 learning rate. We use one optimiser with a backbone parameter group

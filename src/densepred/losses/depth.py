@@ -5,7 +5,7 @@ Every loss here is generic (no model knowledge) and has the signature
     loss_fn(pred (B,1,H,W), target (B,1,H,W), valid (B,1,H,W) bool, **options) -> scalar tensor
 
 `pred` is a positive depth in metres, `target` the ground truth in metres and `valid` marks pixels
-with ground truth (DESIGN.md: depth 0 = invalid; see `depth_valid_mask`). Invalid pixels never
+with ground truth (docs/conventions.md: depth 0 = invalid; see `depth_valid_mask`). Invalid pixels never
 contribute to the value or the gradient. When no pixel of the batch is valid, the loss is an exact
 zero that still belongs to the autograd graph (so a step on an unlabelled batch is a no-op, not a
 crash).
@@ -165,7 +165,7 @@ def depth_l1(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> t
     """Mean absolute error sum(|pred - target|) / #valid over the valid pixels of the batch (metres).
 
     The depth loss of MQTransformer (Sec. III-C, weight 1.0) and its ATRC code base, which divides the
-    batch sum by the number of valid pixels (reference notes §2).
+    batch sum by the number of valid pixels (`src/model/criterion.py` of the released code).
     """
     check_masked_inputs(pred, target, valid, 1, "depth_l1")
     n = valid.sum()

@@ -9,9 +9,9 @@ positive weight w, the per-pixel loss is
 
     w * [-y log sigmoid(x)] + (1 - w) * [-(1 - y) log(1 - sigmoid(x))]
 
-averaged over the valid pixels (reference notes §2). Edges are rare, so w close to 1 stops the
-all-background solution from winning. w = 0.95 follows MTI-Net/InvPT on NYUD-v2 (the issue's default);
-ATRC and the released MQTransformer code use w = 0.8 (`pos_weight=0.8`).
+averaged over the valid pixels (ATRC/MQTransformer `src/model/criterion.py`). Edges are rare, so w close
+to 1 stops the all-background solution from winning. w = 0.95 follows MTI-Net/InvPT on NYUD-v2 (the
+issue's default); ATRC and the released MQTransformer code use w = 0.8 (`pos_weight=0.8`).
 """
 
 from __future__ import annotations

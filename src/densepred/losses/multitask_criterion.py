@@ -7,14 +7,14 @@ One `TaskLossCriterion` class, two registered factories that differ only in thei
 | mqtransformer, mtl/stl_baseline | CE x1 | L1 x1 | L1, normalised prediction, x10 | balanced BCE x50 |
 | deeplabv3plus | CE x1 | Charbonnier x1 | squared L2, unit vectors, x1 | balanced BCE x50 |
 
-MQTransformer (Sec. III-C, Eq. 9) and its ATRC code base set the first row (reference notes §2), with
-ignore label 255 and edge positive weight 0.95 (`edge_pos_weight`; 0.8 in the released code). The
-PolyMaX paper trains its DeepLabv3+ baseline with "the same configuration" as PolyMaX per task except
-that depth "requires the robust Charbonnier loss" (Sec. 4.3); PolyMaX's normal loss is "simply L2 loss"
-(Sec. 4.1), so the baseline's normals loss is the squared L2 distance between unit vectors. The PolyMaX
-paper has no edge task; DeepLabv3+ reuses the balanced BCE x50 of the first row if asked for edges.
-`depth_loss` ("l1" | "charbonnier") and `normals_loss` ("l1" | "l2") switch either model to the other
-variant.
+MQTransformer (Sec. III-C, Eq. 9) and its ATRC code base (`get_criterion` in `src/model/builder.py`) set
+the first row, with ignore label 255 and edge positive weight 0.95 (`edge_pos_weight`; 0.8 in the released
+code). The PolyMaX paper trains its DeepLabv3+ baseline with "the same configuration" as PolyMaX per task
+except that depth "requires the robust Charbonnier loss" (Sec. 4.3); PolyMaX's normal loss is "simply L2
+loss" (Sec. 4.1), so the baseline's normals loss is the squared L2 distance between unit vectors. The
+PolyMaX paper has no edge task; DeepLabv3+ reuses the balanced BCE x50 of the first row if asked for
+edges. `depth_loss` ("l1" | "charbonnier") and `normals_loss` ("l1" | "l2") switch either model to the
+other variant.
 
 Returned dict (losses/__init__.py contract): one entry per term, named "<task>/<term>" ("semseg/ce",
 "depth/l1", "depth/charbonnier", "normals/l1", "normals/l2", "edge/bce"), holding the *weighted* term,

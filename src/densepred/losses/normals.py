@@ -5,7 +5,7 @@ Signature style (as `densepred.losses.depth`):
     loss_fn(pred (B,3,H,W), target (B,3,H,W), valid (B,1,H,W) bool, **options) -> scalar tensor
 
 `target` holds unit vectors in the camera frame, the zero vector marking a pixel without ground
-truth (DESIGN.md; see `normals_valid_mask`). Both losses are averaged over valid *pixels* (the
+truth (docs/conventions.md; see `normals_valid_mask`). Both losses are averaged over valid *pixels* (the
 per-pixel value is summed over the 3 channels). With no valid pixel, the loss is a zero connected
 to the graph.
 """

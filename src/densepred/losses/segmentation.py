@@ -5,7 +5,7 @@ k always stands for class k, so the Hungarian matcher of kMaX is not needed. Eac
 an image is one ground-truth mask (deeplab2 treats every semantic class as "stuff"), matched to its
 own cluster; clusters of absent classes are "unmatched" and get the void class as target.
 
-Losses (polymax-kmax.md §2.1; weights are applied by the criterion):
+Losses (deeplab2 `model/loss/max_deeplab_loss.py`; weights are applied by the criterion):
 - `pq_class_loss`: PQ-style focal class cross-entropy (alpha = 0.75), weighted per slot by the
   matched mask's dice (stop-gradient) or, for an unmatched slot, by the fraction of its mask on void
   pixels.

@@ -9,6 +9,7 @@ without per-pixel Python loops), `compute() -> dict`, `reset()`, and the summabl
     NormalsMeter()                    angular error pooled over the dataset   (normals.py)
     BoundaryMeter()                   SEISM odsF/oisF/AP                      (boundary.py)
     delta_m(multi, single, higher)    multi-task performance change           (delta_m.py)
+    multitask_delta_m(multi, refs, tasks)  the same from flat results, per task (delta_m.py)
     build_meters(...), MetricSuite    one evaluation run's meters             (suite.py)
 
 Units follow the papers' tables; `UNITS` lists them per key.
@@ -17,7 +18,7 @@ Units follow the papers' tables; `UNITS` lists them per key.
 from densepred.metrics.base import Meter
 from densepred.metrics.boundary import BoundaryMeter
 from densepred.metrics.boundary_ops import HED_THRESHOLDS, boundary_thresholds
-from densepred.metrics.delta_m import NYUD_DELTA_M_METRICS, delta_m
+from densepred.metrics.delta_m import NYUD_DELTA_M_METRICS, delta_m, multitask_delta_m
 from densepred.metrics.depth import DepthMeter
 from densepred.metrics.normals import NormalsMeter
 from densepred.metrics.semseg import SemsegMeter
@@ -67,4 +68,5 @@ __all__ = [
     "boundary_thresholds",
     "build_meters",
     "delta_m",
+    "multitask_delta_m",
 ]

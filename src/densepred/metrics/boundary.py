@@ -1,6 +1,6 @@
 """Boundary detection: the SEISM/BSDS precision-recall protocol (odsF, oisF, AP).
 
-Protocol (reference/mqtransformer-and-mtl-protocol.md §5.4; SEISM `read_one_cont_png`, `eval_cont`,
+Protocol (docs/protocols.md, "Boundary detection"; SEISM `read_one_cont_png`, `eval_cont`,
 `gather_measure`, `general_ods`, `general_ois`, `general_ap`; Dollar's `edgesEvalImg`):
   * MQTransformer saves each edge map as a PNG, uint8(255 * sigmoid(logit)) (truncation); SEISM reads
     it back as value/255 (`quantize=True` reproduces this round trip);

@@ -34,18 +34,9 @@ from scipy.sparse.csgraph import maximum_bipartite_matching, maximum_flow
 MatchingMethod = Literal["auto", "hopcroft_karp", "dinic"]
 
 # Graphs with at least this many edges are matched by Dinic max flow, smaller ones by Hopcroft-Karp.
-# scipy's HK (1.17.1) can take exponential time on layered graphs (scipy issue 26147): its DFS never
-# marks dead ends. Dinic prunes them (O(E sqrt V) on these unit networks) but costs ~0.2 ms plus
-# ~35 ns per edge, 5-25x HK where HK is well-behaved. Measured (scipy 1.17.1, 1 thread, a 2-core
-# machine shared with other jobs; bench/bench_matching.py and variants), worst HK time over random
-# dense bands (ground truth density 0.5, prediction 0.45, radius 4.4-8.8 px), tens of seeds per size:
-#   ~3.5-6k edges: <= 6 ms;  ~7.7k: 27 ms;  9.2k: 1.5 s;  13.6k: 26 s;  42k: > 100 s;  6.2M: > 95 s,
-# while Dinic took 0.5-1 ms on the small ones and 1.2 s on the largest (480x640, 6.2M edges); on
-# thinned Voronoi-cell boundaries at 480x640 (4.3M edges) HK 9.8 s, Dinic 0.26 s. At radius 2.2 px
-# (the smoke size, 120x160) HK stayed <= 20 ms up to 85k edges. The smoke bench's graphs have
-# <= 7.75k edges (HK 0.01-0.1 ms, Dinic 0.2-1 ms; all-Dinic doubles the matching time), its 480x640
-# ones 0.64-1.2M (HK 1.4-6 ms, Dinic 17-70 ms). 8000 keeps the smoke size on HK and sends every
-# graph on which HK was seen to blow up to Dinic; the margin is thin, as edges are only a proxy.
+# scipy's HK can take exponential time on layered graphs (scipy issue 26147); Dinic prunes dead ends
+# but costs more on small graphs. 8000 keeps the smoke-size graphs on HK and sends every graph on
+# which HK was seen to blow up to Dinic (measurements: bench/NOTES.md, "Boundary matching").
 DINIC_MIN_EDGES = 8_000
 
 
@@ -363,9 +354,8 @@ def batch_match_counts(
     (`_union_match_counts`; the edge bound still applies per map, and Hopcroft-Karp's search from a
     vertex never leaves its map's block). Larger maps, and every map when a method is forced, are
     matched on their own, where a map with the same pixels as the previous map of its image reuses
-    that count. At the smoke size (11 thresholds, 8 frames of 96x128) the single call cut the
-    matching time per pass over the test split from 77 to 66 ms (medians of 5 alternating runs); at
-    480x640 every map has more edges than the bound, so nothing changes there.
+    that count. The single call saves time at the smoke size; at 480x640 every map has more edges
+    than the bound, so nothing changes there (bench/NOTES.md).
     """
     batch, height, width = gt_maps.shape
     num_maps = map_image.shape[0]

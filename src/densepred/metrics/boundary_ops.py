@@ -1,7 +1,7 @@
 """Image operations of the SEISM boundary protocol, batched in torch on the maps' device.
 
 SEISM (Pont-Tuset & Marques, CVPR 2013), as used for NYUD-v2 odsF by ATRC/MQTransformer/InvPT
-(reference/mqtransformer-and-mtl-protocol.md §5.4), reads each predicted edge map and
+(docs/protocols.md, "Boundary detection"), reads each predicted edge map and
   1. estimates the edge orientation from second derivatives of a triangle-smoothed copy (radius 4),
   2. applies Dollar's edge non-maximum suppression (radius 1, border fade 5 px, multiplier 1.01),
   3. binarises it with `> threshold` and thins it to one-pixel lines (MATLAB bwmorph 'thin', Inf);

@@ -1,8 +1,8 @@
 """Depth metrics under the two NYUD-v2 protocols the papers use.
 
 `"eigen"`: the monocular-depth convention (Eigen et al. 2014; BTS evaluation script), which PolyMaX's
-Table 2 columns follow (RMS, A.Rel, Log10, delta1; reference/polymax-kmax.md §4 and
-reference/data-formats.md §4.1). Every metric is computed per image and then averaged over images:
+Table 2 columns follow (RMS, A.Rel, Log10, delta1; PolyMaX Sec. 4.1; docs/protocols.md, "Depth").
+Every metric is computed per image and then averaged over images:
   valid pixels     min_depth < gt < max_depth (defaults 1e-3 m and 10 m), optionally inside the
                    Eigen crop (rows 45:471, cols 41:601 of a 480x640 frame)
   predictions      clamped to [min_depth, max_depth]
@@ -18,7 +18,7 @@ An image without any valid pixel is skipped (counted in `num_skipped`); BTS woul
 Unlike BTS we do not map NaN/inf predictions into the range: they raise, naming the meter.
 
 `"mtl"`: the multi-task convention of MTI-Net, ATRC, InvPT and MQTransformer
-(reference/mqtransformer-and-mtl-protocol.md §5.2): one global pixel-level error over all valid
+(MQTransformer Sec. IV-A and Table II; docs/protocols.md): one global pixel-level error over all valid
 pixels (gt > 0) of the dataset, no depth cap and no crop:
   rms = sqrt(sum (p - gt)^2 / N), log_rms = sqrt(sum (ln p - ln gt)^2 / N), abs_rel = sum |p - gt|/gt / N.
 Predictions are clamped below at 1e-9 (InvPT's rule; MQTransformer clamps at 0 for its RMSE only,

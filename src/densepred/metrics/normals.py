@@ -1,7 +1,7 @@
 """Surface normals: angular error pooled over every valid pixel of the dataset.
 
-Protocol (reference/mqtransformer-and-mtl-protocol.md §5.3, reference/polymax-kmax.md §4; PolyMaX
-Table 2 columns Mean, Med, RMS, delta1; MTI-Net's file-based evaluation for the full set):
+Protocol (docs/protocols.md, "Surface normals"; PolyMaX Sec. 4.1 and Table 2 columns Mean, Med, RMS,
+delta1; MTI-Net's file-based evaluation for the full set):
   * both vectors are normalised to unit length (a zero prediction stays zero, giving 90 degrees);
   * a pixel is valid where the ground-truth vector is non-zero;
   * angle = 2 atan2(|n_hat - n|, |n_hat + n|), in degrees: the numerically stable form used by

@@ -1,9 +1,9 @@
 """Semantic segmentation: mIoU from a confusion matrix accumulated over the whole dataset.
 
 Both papers accumulate intersection and union per class over the full test set (not per image):
-PolyMaX reports mIoU (reference/polymax-kmax.md §4), MQTransformer follows the multi-task codebases
-(reference/mqtransformer-and-mtl-protocol.md §5.1), where a class absent from both prediction and
-ground truth (zero union) counts as IoU 0 in the mean. We report both conventions:
+PolyMaX reports mIoU (Sec. 4.1), MQTransformer follows the multi-task codebases (Sec. IV-A, after
+ATRC), where a class absent from both prediction and ground truth (zero union) counts as IoU 0 in
+the mean. We report both conventions (docs/protocols.md, "Semantic segmentation"):
 
     miou      mean IoU over the classes whose union is non-zero on the dataset (semantic-segmentation
               convention; absent classes are excluded)
@@ -32,8 +32,7 @@ def first_argmax(logits: Tensor) -> Tensor:
     element by element, while the plain maximum over that axis is vectorised across pixels. So the
     labels come from three vectorised passes: the maximum m per pixel, the uint8 map
     (logit >= m) * (C - c) (>= m is == m, and cheaper to test), and its maximum, which is
-    C - (first class reaching m). One thread (`bench/bench_ops.py`): 16 -> 4.1 ms for 8x40x96x128,
-    51 -> 13 ms for 1x40x480x640.
+    C - (first class reaching m); about 4x faster on one thread (bench/NOTES.md, `bench/bench_ops.py`).
     Ties, including -0.0 against 0.0, resolve to the first class, as in `argmax`. Other devices and
     layouts (channels-last logits reduce quickly), and more than 255 classes, use `Tensor.max`. The
     logits must be finite (the meter checks this first): NaN would compare differently in the two

@@ -3,7 +3,7 @@
 * `"mtl_baseline"`: one shared backbone and one head per task, trained jointly ("multi-task
   baseline", Fig. 1(a): encoder-focused, no task interaction).
 * `"stl_baseline"`: the same network with exactly one task, trained alone ("single task baseline");
-  delta_m compares each multi-task model with one such model per task (reference notes §5.5).
+  delta_m compares each multi-task model with one such model per task (docs/protocols.md, "Delta_m").
 
 Two head designs, because the paper uses two (Sec. IV-A, "Strong Multi-task baselines"):
 

@@ -106,7 +106,7 @@ def build_backbone(
 
     For HRNet the default timm feature output goes through the classification "incre" modules
     (128/256/512/1024 channels for W18); MQTransformer and ATRC take the raw high-resolution branches
-    (18/36/72/144 channels for HRNet-18, 270 concatenated; reference notes §1.1), so
+    (18/36/72/144 channels for HRNet-18, 270 concatenated; released `src/model/backbones/hrnet.py`), so
     `feature_location=""` is set unless `backbone_kwargs` says otherwise.
     """
     kwargs = dict(backbone_kwargs or {})
@@ -126,8 +126,9 @@ def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 def concat_pyramid(features: Sequence[torch.Tensor]) -> torch.Tensor:
     """Resize every feature map to the size of the first (stride 4) and concatenate along channels.
 
-    This is the input fusion of the released MQTransformer/ATRC code (`_transform_inputs`, reference
-    notes §1.2): e.g. 96+192+384+768 = 1440 channels for Swin-T, 18+36+72+144 = 270 for HRNet-18.
+    This is the input fusion of the released MQTransformer/ATRC code (`_transform_inputs` in
+    `src/model/heads/base.py`): e.g. 96+192+384+768 = 1440 channels for Swin-T, 18+36+72+144 = 270 for
+    HRNet-18.
     """
     size = features[0].shape[-2:]
     return torch.cat([resize(f, size) for f in features], dim=1)
@@ -136,7 +137,7 @@ def concat_pyramid(features: Sequence[torch.Tensor]) -> torch.Tensor:
 class ConvHead(nn.Sequential):
     """Conv3x3 (no bias) -> BatchNorm -> ReLU -> Conv1x1, the prediction head of ATRC/MQTransformer.
 
-    MQTransformer (reference notes §1.9): 256 -> 64 -> K_t. ATRC's FCNHead baseline (§5.5) is the same
+    MQTransformer (released `mqformer_head.py`): 256 -> 64 -> K_t. ATRC's FCNHead baseline is the same
     with hidden = in/4. The last conv is initialised N(0, 0.01) with zero bias as in that code, so the
     raw outputs start near zero.
     """
@@ -224,8 +225,8 @@ class AddFusion(nn.Module):
 
 
 class ConcatFusion(nn.Module):
-    """Released-code fusion (reference notes §1.2-1.3): upsample every scale to stride 4, concatenate, and
-    project to `dim` with one per-pixel linear map (1x1 conv)."""
+    """Released-code fusion (`base.py` and `mqformer_head.py`): upsample every scale to stride 4,
+    concatenate, and project to `dim` with one per-pixel linear map (1x1 conv)."""
 
     def __init__(self, in_channels: Sequence[int], dim: int) -> None:
         super().__init__()

@@ -1,7 +1,7 @@
 """MQTransformer: multi-task dense prediction with task-relevant queries (Xu et al., arXiv 2205.14354).
 
-Paper Sec. III-B, Fig. 3-4; layer-level details from the released code as summarised in
-shared/reference/mqtransformer-and-mtl-protocol.md §1 ("notes §x" below). Data flow for an image:
+Paper Sec. III-B, Fig. 3-4; layer-level details from the released code (github.com/yangyangxu0/
+MQTransformer, `src/model/heads/mqformer_head.py`, a fork of ATRC). Data flow for an image:
 
 1. Feature extractor: a timm backbone gives 4 maps at strides 4/8/16/32.
 2. Task-specific features: per task, the 4 maps are fused into one stride-4 map X_t (B, C, H/4, W/4),
@@ -29,13 +29,13 @@ Departures from the released code, each a named option where the code's variant 
   resolution, "concat" projects 4x more channels at stride 4 (about 21 GMACs more for Swin-T at
   448x576), and "add" carries 3 redundant bias vectors per task.
 * `decoder_mixing="linear"`: the released decoder calls `nn.MultiheadAttention` with batch-first
-  tensors on a sequence-first module, so it attends across the *batch* at every pixel (notes §1.8);
+  tensors on a sequence-first module, so it attends across the *batch* at every pixel (`Decoder`);
   with the released 1 image per GPU this is exactly out_proj(v_proj(x)). We implement that per-pixel
   map (two linear layers), so a prediction never depends on other images in the batch.
   `"attention"` is the evidently intended spatial self-attention over the pixels (costly at 1/4
   resolution).
 * `num_scales`: the released code builds a stride-4 PatchEmbed on X_t but never uses its output
-  (notes §1.3). Here each extra scale is a down-sampled copy of X_t (PatchEmbed: conv with
+  (`MQFormerHead.forward`). Here each extra scale is a down-sampled copy of X_t (PatchEmbed: conv with
   kernel = stride = f, then LayerNorm, shared across tasks) whose tokens are added to the encoder's
   keys/values. Factors (relative to X_t): 2 scales -> (4,) (the released PatchEmbed, 1/16 of the
   input); 3 -> (2, 4); 4 -> (2, 4, 8) (1/8, 1/16, 1/32 of the input); override with `scale_factors`.
@@ -47,7 +47,7 @@ Departures from the released code, each a named option where the code's variant 
   and broadcasts it over the heads (fewer parameters: 3/4 * K * C less per tensor).
 * CTQA: one LayerNorm before its MLP (the released code stacks two: LN -> LN -> MLP) and no
   LayerNorm before the attention, as released. DropPath is per sample with rate `drop_path`; the
-  released CTQA applies DropPath(0.5) along the token axis (whole queries dropped, notes §1.7).
+  released CTQA applies DropPath(0.5) along the token axis (whole queries dropped).
 * `freeze_queries=False`: queries are learned, as in the released code; the paper's sentence that the
   query "is uniformly initialized and is not further optimized" is available as `freeze_queries=True`.
 * Encoder/decoder depth: `encoder_depth` / `decoder_depth` stack encoder and decoder layers around a
@@ -77,8 +77,8 @@ from densepred.models.heads import (
 )
 from densepred.models.registry import register_model
 
-PAPER_EMBED_DIM = 256  # C, hard-coded in the released head (notes §1.3)
-PAPER_HEAD_CHANNELS = 64  # hidden width of the conv prediction heads (notes §1.9)
+PAPER_EMBED_DIM = 256  # C, hard-coded in the released head (`MQFormerHead`)
+PAPER_HEAD_CHANNELS = 64  # hidden width of the released conv prediction heads
 DEFAULT_SCALE_FACTORS = {1: (), 2: (4,), 3: (2, 4), 4: (2, 4, 8)}
 FUSIONS = ("add", "concat")
 DECODER_MIXINGS = ("linear", "attention")
@@ -117,7 +117,7 @@ class Mlp(nn.Sequential):
 
 
 class QueryAttention(nn.Module):
-    """Multi-head attention with separate LayerNorms on query, key and value (Eq. 1; notes §1.5).
+    """Multi-head attention with separate LayerNorms on query, key and value (Eq. 1; released `AnyAttention`).
 
     Positional encodings are added to queries/keys before their LayerNorm; q/k/v projections have no
     bias, the output projection has one; scale 1/sqrt(dim/heads).
@@ -193,7 +193,7 @@ class CrossTaskQueryAttention(nn.Module):
     """CTQA (Eq. 5-6): self-attention over the concatenated queries of all tasks, then an MLP.
 
     P <- P + DropPath(MHSA(P)); P <- P + DropPath(MLP(LN(P))). The attention has no pre-norm and
-    attention dropout `attn_drop` (0.1), as released (notes §1.7). Batch-first, so images never mix.
+    attention dropout `attn_drop` (0.1), as released. Batch-first, so images never mix.
     """
 
     def __init__(self, dim: int, num_heads: int, attn_drop: float, drop_path: float) -> None:
@@ -209,7 +209,7 @@ class CrossTaskQueryAttention(nn.Module):
 
 
 class PixelMixing(nn.Module):
-    """The decoder's second token mixer (notes §1.8 step 3).
+    """The decoder's second token mixer (third step of the released `Decoder`).
 
     `"linear"`: out_proj(v_proj(x)) per pixel, which is what the released cross-batch attention
     computes with one image per GPU; `"attention"`: spatial multi-head self-attention over the pixels.
@@ -231,7 +231,7 @@ class PixelMixing(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Shared decoder layer (Eq. 7-8; notes §1.8): task-feature pixels query their task's queries.
+    """Shared decoder layer (Eq. 7-8; released `Decoder`): task-feature pixels query their task's queries.
 
     o = x + DropPath(Attn(x, q + kpos, q)); o = o + DropPath(FFN1(o));
     y = x + DropPath(Mix(o)) (residual from the layer input, as released); y = y + DropPath(FFN2(y));

@@ -1,10 +1,10 @@
 """kMaX-DeepLab's auxiliary semantic decoder (training-only, semantic segmentation only).
 
-polymax-kmax.md §1.4: ASPP (rates 6/12/18 + image pooling) on the raw stride-32 backbone feature,
-then two DeepLabv3+-style fusions with the stride-8 (projected to 64 channels) and stride-4
-(projected to 32 channels) backbone features, each followed by a depthwise-separable 5x5 conv, and a
-head (depthwise-separable 5x5, 1x1 to the class count). Its sampled cross-entropy is one of the
-kMaX losses (weight 1.0, final output only); the branch is not used at inference.
+As in deeplab2's `model/decoder/max_deeplab.py`: ASPP (rates 6/12/18 + image pooling) on the raw stride-32
+backbone feature, then two DeepLabv3+-style fusions with the stride-8 (projected to 64 channels) and
+stride-4 (projected to 32 channels) backbone features, each followed by a depthwise-separable 5x5 conv,
+and a head (depthwise-separable 5x5, 1x1 to the class count). Its sampled cross-entropy is one of the kMaX
+losses (weight 1.0, final output only); the branch is not used at inference.
 
 Departure (batch-size-1 safety): the image-pooling branch broadcasts its 1x1 result to the feature
 size *before* its BatchNorm; the per-channel statistics are unchanged by the broadcast, but this lets

@@ -1,9 +1,9 @@
 """Cluster prediction head (Eq. 2) and the per-task cluster-value heads of PolyMaX.
 
-`ClusterPredictor` turns pixel features and cluster centres into the probability-map logits of
-PolyMaX Eq. (2), softmax_K(F Q^T), following kMaX-DeepLab's prediction head (polymax-kmax.md §1.4):
-F is an L2-normalised per-pixel embedding, Q the (unnormalised) mask kernels, and a one-channel
-BatchNorm over all logits acts as the learnable temperature.
+`ClusterPredictor` turns pixel features and cluster centres into the probability-map logits of PolyMaX Eq.
+(2), softmax_K(F Q^T), following kMaX-DeepLab's prediction head (deeplab2 `model/decoder/max_deeplab.py`):
+F is an L2-normalised per-pixel embedding, Q the (unnormalised) mask kernels, and a one-channel BatchNorm
+over all logits acts as the learnable temperature.
 
 The value heads map each cluster centre to what the cluster stands for (paper Sec. 3.1-3.2):
 - semseg: class logits over C classes + void (kMaX class head, with the void-biased init);

@@ -1,6 +1,6 @@
 """Small building blocks shared by the PolyMaX pixel decoder, kMaX transformer decoder and heads.
 
-Conventions follow kMaX-DeepLab as released in deeplab2 (polymax-kmax.md §1.0, §1.2-§1.4): exact
+Conventions follow kMaX-DeepLab as released in deeplab2 (`model/kmax_deeplab.py`, `model/layers/`): exact
 (erf) GELU, BatchNorm with eps 1e-3 and PyTorch momentum 0.01 (TF momentum 0.99), LayerNorm eps 1e-6,
 bias-free convolutions followed by BN, truncated-normal He initialisation, and BN gamma = 0 on the
 last BN of every residual branch so that each residual block starts as the identity.
@@ -127,8 +127,8 @@ def query_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
 class ScalarBatchNorm(nn.Module):
     """One-channel BatchNorm over a whole tensor: the learnable temperature of the mask logits.
 
-    kMaX (polymax-kmax.md §1.4) normalises all mask logits of a batch as a single channel and
-    initialises gamma to 0.1; gamma then acts as the learned softmax temperature of Eq. (2).
+    kMaX (deeplab2 `model/decoder/max_deeplab.py`) normalises all mask logits of a batch as a single
+    channel and initialises gamma to 0.1; gamma then acts as the learned softmax temperature of Eq. (2).
     Computed in fp32 (autocast disabled) because its output feeds the softmax over clusters.
     """
 

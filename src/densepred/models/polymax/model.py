@@ -30,7 +30,7 @@ Choices where the paper is silent (each an option of `PolyMaX`):
   the paper, for short schedules that would otherwise spend their steps moving the bins' scale.
 - `width_mult` scales every decoder/head width (256/128/2048 queries/keys/FFN, 512..64 pixel-decoder
   filters), rounded to multiples of 8 so that 8 heads still divide them.
-Departures from deeplab2: input sizes multiple of 32 with align_corners=False (polymax-kmax.md §1.1),
+Departures from deeplab2: input sizes multiple of 32 with align_corners=False (not 32k+1 with True),
 plain BatchNorm (convert with nn.SyncBatchNorm.convert_sync_batchnorm for DDP).
 """
 

@@ -1,12 +1,12 @@
 """kMaX-DeepLab pixel decoder: axial-attention blocks at strides 32/16, bottlenecks at 8/4.
 
-Specification: polymax-kmax.md §1.2 (deeplab2 `pixel_decoder/kmax.py`, Axial-DeepLab layers).
+Specification: deeplab2 `model/pixel_decoder/kmax.py` (Axial-DeepLab layers).
 Coarse-to-fine: LayerNorm'd stride-32 backbone feature -> axial stage -> ResizedFuse with the
 LayerNorm'd stride-16 feature -> axial stage -> fuse stride 8 -> bottleneck stage -> fuse stride 4
 -> bottleneck stage. Stage outputs have 4 x filters channels (2048/1024/512/256 at width 1).
 
 Departure: sizes are assumed to be multiples of 32 and every resize uses `align_corners=False`
-(deeplab2 uses 32k+1 sizes with `align_corners=True`; polymax-kmax.md §1.1 recommends this for timm).
+(deeplab2 uses 32k+1 sizes with `align_corners=True`, which timm backbones do not need).
 """
 
 from __future__ import annotations

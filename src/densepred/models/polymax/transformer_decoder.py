@@ -1,4 +1,5 @@
-"""kMaX transformer decoder: cluster centres refined by k-means cross-attention (polymax-kmax.md §1.3).
+"""kMaX transformer decoder: cluster centres refined by k-means cross-attention (deeplab2
+`model/transformer_decoder/kmax.py`).
 
 Each layer, at one decoder stride (32, 16 or 8):
 1. pixel bottleneck P = GELU(BN(conv1x1(GELU(X)))); query projection Q' = GELU(BN(linear(Q)));
