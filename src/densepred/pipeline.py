@@ -397,7 +397,8 @@ class _Builder:
         table("table2", t2, [paths.table_path(self.p, "table2")], ["profile", "jobs"])
         table("table3", t3, [paths.table_path(self.p, "table3")], ["profile", "jobs"])
         if self.p.figure7 is not None:
-            outs = [paths.table_path(self.p, "figure7"), paths.table_path(self.p, "figure7", ".png")]
+            outs = [paths.table_path(self.p, n) for n in ("figure7", "figure7_rms")]
+            outs.append(paths.table_path(self.p, "figure7", ".png"))
             outs.append(paths.table_path(self.p, "figure8", ".png"))
             table("figure7", sorted(set(f7)), outs, ["figure7"])
         if self.p.sweeps:

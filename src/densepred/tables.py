@@ -3,6 +3,7 @@
 - table2.csv: NYUD-v2 test (PolyMaX Table 2 + MQTransformer Table II columns), one row per job.
 - table3.csv: Taskonomy test (PolyMaX Table 3).
 - figure7.csv/.png: NYUD-v2 metrics after pretraining on fractions of Taskonomy (PolyMaX Fig. 7);
+  figure7_rms.csv: its depth RMS with one column per job (the DVC plot);
   figure8.png: PolyMaX depth cluster probability maps (Fig. 8 style), from the evaluation figures.
 - ablation_*.csv: from the Ray Tune sweep summaries (`densepred.tune`).
 
@@ -187,6 +188,15 @@ def figure7(params: Params) -> pd.DataFrame:
     return frame[keep].sort_values(["job", "taskonomy_fraction"], kind="stable").reset_index(drop=True)
 
 
+def figure7_rms(frame: pd.DataFrame) -> pd.DataFrame:
+    """Fig. 7's depth RMS in wide form, one column per job (the DVC plot `figure7` draws one line per
+    column against `taskonomy_fraction`)."""
+    depth = frame[frame["depth_rms"].notna()] if "depth_rms" in frame else frame.iloc[0:0]
+    wide = depth.pivot(index="taskonomy_fraction", columns="job", values="depth_rms")
+    wide = wide[[j for j in dict.fromkeys(depth["job"])]]  # the profile's job order
+    return wide.reset_index().rename_axis(columns=None)
+
+
 def plot_figure7(frame: pd.DataFrame, path: Path) -> None:
     """One panel per task metric (mIoU, depth RMS, normals mean), one line per model (Fig. 7 style)."""
     import matplotlib
@@ -242,9 +252,10 @@ def write_tables(params: Params, out: Path, runs: Path | None = None, only: str 
     if "figure7" in wanted and params.figure7 is not None:
         frame = figure7(params)
         _write_csv(frame, out / "figure7.csv")
+        _write_csv(figure7_rms(frame), out / "figure7_rms.csv")
         plot_figure7(frame, out / "figure7.png")
         copy_figure8(params, out / "figure8.png")
-        written += [out / "figure7.csv", out / "figure7.png", out / "figure8.png"]
+        written += [out / n for n in ("figure7.csv", "figure7_rms.csv", "figure7.png", "figure8.png")]
     if "ablations" in wanted and params.sweeps:
         from densepred.ablations import write_ablation_tables
 
