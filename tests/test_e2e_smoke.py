@@ -210,9 +210,8 @@ def test_second_run_does_nothing_and_one_job_edit_reruns_its_chain(table2, workd
     params_file = workdir / "params" / "smoke.yaml"
     original = params_file.read_text()
     tree = yaml.safe_load(original)
-    finetune = dict(tree["jobs"]["polymax_depth"]["finetune"])  # anchors are shared objects: copy first
-    finetune["iterations"] += 1
-    tree["jobs"]["polymax_depth"]["finetune"] = finetune
+    iterations = load_params(params_file).jobs["polymax_depth"].finetune.iterations
+    tree["jobs"]["polymax_depth"]["finetune"]["iterations"] = iterations + 1  # this job only
     params_file.write_text(yaml.safe_dump(tree, sort_keys=False))
     try:
         plan = _snakemake(workdir, "-n", "results/table2.csv")

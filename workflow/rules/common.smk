@@ -74,7 +74,10 @@ def dvc_commit(log):
         return
     built = sorted({job.rule.name for job in workflow.dag.jobs} & STAGE_NAMES)
     if built:
-        done = subprocess.run(["dvc", "commit", "--force", "--quiet", *built], check=False)
+        # --no-relink: record and cache the outputs without rewriting them, so their modification
+        # times (which Snakemake compares) stay as Snakemake left them
+        cmd = ["dvc", "commit", "--force", "--no-relink", "--quiet", *built]
+        done = subprocess.run(cmd, check=False)
         if done.returncode != 0:
             print(f"dvc commit failed (exit {done.returncode}); run `dvc commit` by hand", file=sys.stderr)
 
