@@ -116,6 +116,8 @@ class NYUDv2(Dataset):
 def read_split_indices(path: Path, split: str, num_frames: int) -> np.ndarray:
     """0-based frame indices of `split` from splits.mat (1-based `trainNdxs` / `testNdxs` columns)."""
     key = {"train": "trainNdxs", "test": "testNdxs"}[split]
+    if not Path(path).is_file():  # scipy reports a missing file as "Reader needs file name ..."
+        raise FileNotFoundError(f"missing file: {path} (the NYUD-v2 train/test split indices)")
     try:
         contents = scipy.io.loadmat(path)
     except FileNotFoundError:
