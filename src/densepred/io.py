@@ -79,12 +79,13 @@ def check_free_space(path: Path, needed: int) -> None:
         raise DiskFullError(path, f"{detail}; nothing was written")
 
 
-def _host_tag() -> str:
+def host_tag() -> str:
+    """This machine's name as it appears in temp names (letters, digits and '-' only)."""
     return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
 
 
 def _temp_prefix(path: Path) -> str:
-    return f".{path.name}.{_host_tag()}.{os.getpid()}."
+    return f".{path.name}.{host_tag()}.{os.getpid()}."
 
 
 def _pid_alive(pid: int) -> bool:
@@ -108,7 +109,7 @@ def _is_stale(temp: Path, owner: str) -> bool:
     match = _OWNED.fullmatch(owner)
     if match:
         pid = int(match["pid"])
-        return match["host"] == _host_tag() and pid != os.getpid() and not _pid_alive(pid)
+        return match["host"] == host_tag() and pid != os.getpid() and not _pid_alive(pid)
     if not _UNOWNED.fullmatch(owner):
         return False  # e.g. a temp of `<name>.json` when `path` is `<name>`
     try:

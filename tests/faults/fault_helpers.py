@@ -57,6 +57,32 @@ def start(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subp
     )
 
 
+def start_patched(patch: str, args: list[str], cwd: Path) -> subprocess.Popen:
+    """Like `start`, after running the Python statements `patch` in the process (fault injection:
+    slow writes, a file system that claims to have room)."""
+    code = f"import sys\n{patch}\nfrom densepred.cli import main\nsys.exit(main(sys.argv[1:]))"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, args)],
+        cwd=cwd,
+        env=cli_env(),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+# Each shard written takes 0.3 s longer, so that a signal reliably arrives while prepare writes.
+SLOW_SHARDS = """
+import time
+from densepred.data import shards
+_flush = shards.ShardWriter.flush
+def _slow_flush(self):
+    _flush(self)
+    time.sleep(0.3)
+shards.ShardWriter.flush = _slow_flush
+"""
+
+
 def run_process(args: list[str], cwd: Path, timeout: float = 180) -> Outcome:
     """Run `densepred ARGS` as a process to the end."""
     proc = start(args, cwd)
