@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from densepred.cli import main
-from engine_fixtures import cli_env
+from engine_fixtures import cli_env, tiny_params_file
 
 # The job of the training faults: the smallest model, finetuned on the tiny NYUD-v2.
 JOB, STAGE = "stl_depth", "finetune"
@@ -201,3 +201,14 @@ def raw_data(tmp_path_factory) -> dict[str, Path]:
         "nyud": nyud,
         "taskonomy": synthesize_taskonomy(root / "taskonomy", 3, 4, 48, seed=1, defects=False),
     }
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_data, tmp_path_factory) -> dict[str, Path]:
+    """The shrunk smoke profile on the tiny prepared data, and one finished stage of `JOB`."""
+    folder = tmp_path_factory.mktemp("trained")
+    params = tiny_params_file(tiny_data, folder)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DENSEPRED_TRACKING", "off")
+        assert main([str(a) for a in train_args(params, folder / "run")]) == 0
+    return {"params": params, "final": folder / "run" / "final.pt", "data": tiny_data}

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import SMOKE
 from densepred.engine import checkpoint
-from engine_fixtures import no_tracking, tiny_data, tiny_params_file  # noqa: F401 (fixtures)
+from engine_fixtures import no_tracking, tiny_data  # noqa: F401 (fixtures)
 from fault_helpers import (  # noqa: F401 (fixtures)
     JOB,
     assert_fault,
@@ -24,6 +24,7 @@ from fault_helpers import (  # noqa: F401 (fixtures)
     start_patched,
     tmpfs,
     train_args,
+    trained,
 )
 
 pytestmark = [
@@ -40,16 +41,9 @@ shutil.disk_usage = lambda path: collections.namedtuple("usage", "total used fre
 FULL = "no space left on device while writing"
 
 
-@pytest.fixture(scope="module")
-def setup(tiny_data, tmp_path_factory):  # noqa: F811
-    folder = tmp_path_factory.mktemp("disk_faults")
-    params = tiny_params_file(tiny_data, folder)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DENSEPRED_TRACKING", "off")
-        from densepred.cli import main
-
-        assert main([str(a) for a in train_args(params, folder / "run")]) == 0
-    return {"params": params, "final": folder / "run" / "final.pt"}
+@pytest.fixture
+def setup(trained):  # noqa: F811
+    return trained
 
 
 def test_prepare_checks_free_space_before_writing(raw_data, tmp_path, capsys):  # noqa: F811

@@ -16,7 +16,7 @@ import torch
 from densepred.data import shards
 from densepred.data.prepare import prepare_dataset
 from densepred.data.shards import ShardDataset
-from engine_fixtures import PoisonAt, no_tracking, tiny_data, tiny_params_file  # noqa: F401 (fixtures)
+from engine_fixtures import PoisonAt, no_tracking, tiny_data  # noqa: F401 (fixtures)
 from fault_helpers import (  # noqa: F401 (fixtures)
     JOB,
     STAGE,
@@ -26,22 +26,15 @@ from fault_helpers import (  # noqa: F401 (fixtures)
     raw_data,
     run_main,
     train_args,
+    trained,
 )
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("no_tracking")]
 
 
-@pytest.fixture(scope="module")
-def setup(tiny_data, tmp_path_factory):  # noqa: F811
-    """The shrunk smoke profile and one finished training stage of `JOB` to evaluate."""
-    folder = tmp_path_factory.mktemp("run_faults")
-    params = tiny_params_file(tiny_data, folder)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DENSEPRED_TRACKING", "off")
-        from densepred.cli import main
-
-        assert main([str(a) for a in train_args(params, folder / "run")]) == 0
-    return {"params": params, "final": folder / "run" / "final.pt", "data": tiny_data}
+@pytest.fixture
+def setup(trained):  # noqa: F811
+    return trained
 
 
 def private_nyud(setup, tmp_path: Path) -> tuple[Path, str]:
