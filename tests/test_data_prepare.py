@@ -89,7 +89,9 @@ def test_too_many_bad_samples_fail_without_output(raw, tmp_path):
     out = tmp_path / "taskonomy"
     with pytest.raises(ValueError, match=r"2 of 15 samples are bad .* > max_bad_fraction 1.00%"):
         prepare_dataset("taskonomy", raw["taskonomy"], out)
-    assert not out.exists() and list(tmp_path.iterdir()) == []
+    report = tmp_path / "taskonomy.report.json"  # the only output: the report, beside `out`
+    assert not out.exists() and list(tmp_path.iterdir()) == [report]
+    assert json.loads(report.read_text())["skipped_count"] == 2
 
 
 def test_existing_output_is_replaced_whole(raw, tmp_path):

@@ -8,24 +8,34 @@
     densepred tables   --params P --out DIR
     densepred schema   [--out FILE]
 
-Every command takes `--set KEY=VALUE` (repeatable) to override one params value. A user mistake
-(bad params, missing or corrupt input) prints one clear message and exits with status 2;
-`DENSEPRED_DEBUG=1` shows the full traceback as well.
+Every command takes `--set KEY=VALUE` (repeatable) to override one params value.
+
+Exit statuses: 0 done; 2 a user or environment fault (bad params, missing or corrupt input, no
+space left on device, permission denied), reported as one line naming the file and the cause;
+130 SIGINT (Ctrl-C); 143 SIGTERM (`train` first saves a checkpoint to resume from); 1 a bug (with
+its traceback). Unfinished outputs are removed on every failure. `--debug` or `DENSEPRED_DEBUG=1`
+prints the full traceback of a fault as well.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from densepred import __version__
 from densepred.config import Params, load_params
+from densepred.errors import Stopped, stopped_by
+from densepred.io import DiskFullError, is_disk_full
 
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, KeyError)
+# OSError covers the environment: a full disk, permissions, unreadable files.
+USER_ERRORS = (ValueError, KeyError, OSError)
 
 
 def _params(args: argparse.Namespace) -> Params:
@@ -127,6 +137,9 @@ def cmd_schema(args: argparse.Namespace) -> None:
 
 
 def _add_common(p: argparse.ArgumentParser, params: bool = True) -> None:
+    p.add_argument(
+        "--debug", action="store_true", help="on an error, print the full traceback (as DENSEPRED_DEBUG=1)"
+    )
     if params:
         p.add_argument("--params", required=True, metavar="P", help="params profile (e.g. params/smoke.yaml)")
     p.add_argument(
@@ -205,19 +218,63 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `densepred` console script."""
-    args = build_parser().parse_args(argv)
+def error_message(exc: BaseException) -> str:
+    """One line for a user or environment fault: the file or key and the cause."""
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    if isinstance(exc, DiskFullError):
+        return str(exc)
+    if is_disk_full(exc):
+        return f"no space left on device while writing {exc.filename or 'an output'}"
+    message = str(exc)
+    if "Original Traceback" in message:  # re-raised from a DataLoader worker: keep the cause
+        lines = [line for line in message.splitlines() if line.strip()]
+        message = lines[-1].split(": ", 1)[-1]
+    return message
+
+
+@contextlib.contextmanager
+def sigterm_stops() -> Iterator[None]:
+    """While the block runs, SIGTERM raises `Stopped`, so temp outputs are removed on the way out.
+
+    `train` installs its own handler around its loop (checkpoint first, then stop); this one covers
+    the other commands and the set-up of `train`. Main thread only (signals are delivered there).
+    """
+
+    def handler(signum: int, frame: Any) -> None:
+        raise stopped_by(signum, "unfinished outputs were removed; rerun the same command")
+
     try:
-        args.func(args)
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `densepred` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    debug = args.debug or bool(os.environ.get("DENSEPRED_DEBUG"))
+    try:
+        with sigterm_stops():
+            args.func(args)
     except USER_ERRORS as exc:
-        if os.environ.get("DENSEPRED_DEBUG"):
+        if debug:
             traceback.print_exc()
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"densepred {args.command}: error: {message}", file=sys.stderr)
+        print(f"densepred {args.command}: error: {error_message(exc)}", file=sys.stderr)
         return 2
+    except Stopped as exc:
+        print(f"densepred {args.command}: {exc.message}", file=sys.stderr, flush=True)
+        return int(exc.code)
     except KeyboardInterrupt:
-        print(f"densepred {args.command}: interrupted", file=sys.stderr)
+        print(
+            f"densepred {args.command}: interrupted; unfinished outputs were removed; rerun the same command",
+            file=sys.stderr,
+        )
         return 130
     return 0
 

@@ -116,12 +116,14 @@ class NYUDv2(Dataset):
 def read_split_indices(path: Path, split: str, num_frames: int) -> np.ndarray:
     """0-based frame indices of `split` from splits.mat (1-based `trainNdxs` / `testNdxs` columns)."""
     key = {"train": "trainNdxs", "test": "testNdxs"}[split]
+    if not Path(path).is_file():  # scipy reports a missing file as "Reader needs file name ..."
+        raise FileNotFoundError(f"missing file: {path} (the NYUD-v2 train/test split indices)")
     try:
         contents = scipy.io.loadmat(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"missing file: {path}") from None
-    except (ValueError, OSError, NotImplementedError, TypeError) as exc:
-        raise ValueError(f"{path}: cannot read MATLAB v5 file ({exc})") from None
+    except Exception as exc:  # scipy raises many types for corrupt files (MatReadError, IndexError, ...)
+        raise ValueError(f"{path}: cannot read MATLAB v5 file ({type(exc).__name__}: {exc})") from None
     if key not in contents:
         found = sorted(k for k in contents if not k.startswith("__"))
         raise ValueError(f"{path}: no variable {key!r}; found {found}")

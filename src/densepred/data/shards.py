@@ -2,25 +2,41 @@
 
 Layout of a prepared directory (written by `prepare.prepare_dataset`):
 - `index.json`: format tag and version, dataset, tasks, and per split the shard files with their
-  sample counts plus the sample ids and groups (scene / building) in storage order.
+  sample counts, sizes in bytes and digests, plus the sample ids and groups (scene / building) in
+  storage order.
 - `<split>-NNNNN.h5`: up to `shard_size` consecutive samples. One dataset per key with a leading
   sample axis, chunked one sample per chunk and LZF-compressed, so any single sample is read
   without decoding the rest of its shard (training reads random samples): image (n,3,H,W) uint8,
   semseg (n,H,W) uint8 (255 = ignore), depth (n,1,H,W) float32 m, normals (n,3,H,W) uint8 with
   (0,0,0) = invalid when that 8-bit code is exact for every sample of the shard (all 8-bit sources),
   else float32 (attribute `normals_codec`), edge (n,1,H,W) uint8. All encodings are lossless for
-  what the readers produce. A shard never mixes image sizes.
+  what the readers produce. A shard never mixes image sizes. Every chunk carries an HDF5 Fletcher-32
+  checksum, so a damaged chunk fails when it is read instead of decoding to wrong values.
 - `stats.json` (dataset statistics) and `report.json` (skipped samples), see `prepare.py`.
 
 `ShardDataset` keeps at most `max_open_files` shard files open per process (least recently used are
 closed), each with a small HDF5 chunk cache; memory is therefore bounded no matter how many shards
 exist, and a forked DataLoader worker reopens files instead of sharing handles. Decoded shards are
 not cached as a whole: with per-sample chunks random access costs one chunk read per key.
+
+Integrity: the first time a process opens a shard it compares the file's size and digest (BLAKE2b
+of its first and last `DIGEST_SPAN` bytes: the whole file for shards up to twice that, otherwise
+the HDF5 superblock, the start of the data and the metadata at the end) with index.json; a
+truncated, replaced or damaged shard is named in a ValueError before any sample of it is used, and
+damage in between is caught by the chunk checksums. Checking costs two small reads per shard and
+process.
+
+Writing: each shard is built in memory and then written with plain file I/O. HDF5 writing to disk
+itself cannot fail cleanly: on ENOSPC its close fails half-way, and the half-closed file is flushed
+again when the interpreter exits, which crashed the process (SIGSEGV). A failed plain write raises
+an ordinary OSError instead (`densepred.io.DiskFullError` for a full disk).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import json
 import os
 from collections import OrderedDict
@@ -33,14 +49,17 @@ import torch
 from torch.utils.data import Dataset
 
 from densepred.data.samples import parse_tasks
+from densepred.io import naming_disk_full
 
 FORMAT = "densepred-shards"
-VERSION = 1
+VERSION = 2  # 2: shard sizes and digests in index.json, Fletcher-32 chunk checksums
 INDEX_FILE = "index.json"
 STATS_FILE = "stats.json"
 REPORT_FILE = "report.json"
 FRACTION_UNITS = ("samples", "groups")
 _CHUNK_CACHE_BYTES = 1 << 20
+DIGEST_SPAN = 1 << 20
+_VERIFIED: set[tuple[str, int, str]] = set()  # (path, size, digest) checked by this process
 
 
 # ------------------------------------------------------------------------------------------ writing
@@ -95,23 +114,40 @@ class ShardWriter:
             self.flush()
 
     def flush(self) -> None:
-        """Write the buffered samples as one shard."""
+        """Write the buffered samples as one shard (built in memory, then written with plain I/O)."""
         if not self._buffer:
             return
         name = f"{self.split}-{len(self.shards):05d}.h5"
-        first = len(self.ids) - len(self._buffer)
-        with h5py.File(self.root / name, "w") as f:
+        data = self._encode(first=len(self.ids) - len(self._buffer))
+        with naming_disk_full(self.root / name), open(self.root / name, "wb") as handle:
+            handle.write(data)
+        entry = {"file": name, "count": len(self._buffer), "bytes": len(data), "digest": bytes_digest(data)}
+        self.shards.append(entry)
+        self._buffer = []
+
+    def _encode(self, first: int) -> bytes:
+        """The buffered samples (ids from position `first`) as the bytes of an HDF5 file."""
+        buffer = io.BytesIO()
+        with h5py.File(buffer, "w") as f:
             f.attrs["format"], f.attrs["version"] = FORMAT, VERSION
             f.create_dataset("ids", data=np.array(self.ids[first:], dtype=h5py.string_dtype()))
             for key in self._buffer[0]:
                 stacked, codec = self._stack(key)
                 dataset = f.create_dataset(
-                    key, data=stacked, chunks=(1, *stacked.shape[1:]), compression=self.compression
+                    key,
+                    data=stacked,
+                    chunks=(1, *stacked.shape[1:]),
+                    compression=self.compression,
+                    fletcher32=True,
                 )
                 if codec:
                     dataset.attrs["normals_codec"] = codec
-        self.shards.append({"file": name, "count": len(self._buffer)})
-        self._buffer = []
+        return buffer.getvalue()
+
+    def payload_bytes(self) -> int:
+        """Compressed bytes of the buffered samples' arrays in a shard (without the file's metadata)."""
+        with h5py.File(io.BytesIO(self._encode(first=len(self.ids) - len(self._buffer))), "r") as f:
+            return sum(f[key].id.get_storage_size() for key in self._buffer[0])
 
     def _stack(self, key: str) -> tuple[np.ndarray, str | None]:
         values = [arrays[key] for arrays in self._buffer]
@@ -126,6 +162,48 @@ class ShardWriter:
         """Flush and return this split's index entry."""
         self.flush()
         return {"shards": self.shards, "ids": self.ids, "groups": self.groups}
+
+
+def _head_tail_digest(head: bytes, tail: bytes) -> str:
+    digest = hashlib.blake2b(head, digest_size=16)
+    digest.update(tail)
+    return digest.hexdigest()
+
+
+def bytes_digest(data: bytes) -> str:
+    """Digest of a shard's bytes: BLAKE2b of the first and last DIGEST_SPAN bytes (see module doc)."""
+    tail = data[max(DIGEST_SPAN, len(data) - DIGEST_SPAN) :]
+    return _head_tail_digest(data[:DIGEST_SPAN], tail)
+
+
+def file_digest(path: Path, size: int) -> str:
+    """`bytes_digest` of the file at `path` of `size` bytes, reading at most 2 x DIGEST_SPAN bytes."""
+    with open(path, "rb") as handle:
+        head = handle.read(DIGEST_SPAN)
+        handle.seek(max(DIGEST_SPAN, size - DIGEST_SPAN))
+        return _head_tail_digest(head, handle.read(DIGEST_SPAN))
+
+
+def verify_shard(path: Path, entry: dict, index_path: Path) -> None:
+    """Raise ValueError naming `path` unless its size and digest match its index entry `entry`.
+
+    Each (path, size, digest) is checked once per process; forked workers inherit the result.
+    """
+    key = (str(path), entry["bytes"], entry["digest"])
+    if key in _VERIFIED:
+        return
+    if not path.is_file():
+        raise FileNotFoundError(f"missing shard {path} (listed in {index_path})")
+    size = path.stat().st_size
+    rerun = "run `densepred prepare` again"
+    if size != entry["bytes"]:
+        cause = "truncated" if size < entry["bytes"] else "longer than written"
+        raise ValueError(
+            f"corrupt shard {path}: {size} bytes, {index_path} lists {entry['bytes']} ({cause}); {rerun}"
+        )
+    if file_digest(path, size) != entry["digest"]:
+        raise ValueError(f"corrupt shard {path}: contents differ from the digest in {index_path}; {rerun}")
+    _VERIFIED.add(key)
 
 
 def write_index(root: Path, dataset: str, tasks: tuple[str, ...], splits: dict[str, dict]) -> None:
@@ -147,7 +225,8 @@ def read_index(root: Path) -> dict:
         raise ValueError(f"{path}: invalid JSON ({exc})") from None
     if index.get("format") != FORMAT or index.get("version") != VERSION:
         raise ValueError(
-            f"{path}: format {index.get('format')!r} v{index.get('version')}; expected {FORMAT!r} v{VERSION}"
+            f"{path}: format {index.get('format')!r} v{index.get('version')}; expected {FORMAT!r} v{VERSION} "
+            "(prepared by another version: run `densepred prepare` again)"
         )
     return index
 
@@ -222,6 +301,7 @@ class ShardDataset(Dataset):
         entry = index["splits"][split]
         self.dataset, self.split, self.transform, self.seed = index["dataset"], split, transform, seed
         self._files = [self.root / s["file"] for s in entry["shards"]]
+        self._entries = entry["shards"]
         self._starts = np.cumsum([0] + [s["count"] for s in entry["shards"]])
         self._rows = subset_indices(entry["ids"], entry["groups"], fraction, fraction_unit, subset_seed)
         self.ids = [entry["ids"][i] for i in self._rows]
@@ -251,12 +331,16 @@ class ShardDataset(Dataset):
         shard = int(np.searchsorted(self._starts, row, side="right") - 1)
         f = self._file(shard)
         local = row - int(self._starts[shard])
-        sample = {
-            "id": self.ids[index],
-            "image": torch.from_numpy(f["image"][local].astype(np.float32) / np.float32(255.0)),
-        }
-        for key in self.tasks:
-            sample[key] = torch.from_numpy(_decode(key, f[key], local))
+        try:
+            image = f["image"][local].astype(np.float32) / np.float32(255.0)
+            sample = {"id": self.ids[index], "image": torch.from_numpy(image)}
+            for key in self.tasks:
+                sample[key] = torch.from_numpy(_decode(key, f[key], local))
+        except (OSError, KeyError) as exc:  # damaged chunk (checksum), missing dataset
+            raise ValueError(
+                f"corrupt shard {self._files[shard]}: cannot read sample {self.ids[index]} ({exc}); "
+                "run `densepred prepare` again"
+            ) from None
         if self.transform is not None:
             sample = self.transform(sample, self.rng(index))
         return sample
@@ -268,9 +352,11 @@ class ShardDataset(Dataset):
             self._open.move_to_end(shard)
             return self._open[shard]
         path = self._files[shard]
-        if not path.is_file():
-            raise FileNotFoundError(f"missing shard {path} (listed in {self.root / INDEX_FILE})")
-        self._open[shard] = h5py.File(path, "r", rdcc_nbytes=_CHUNK_CACHE_BYTES)
+        verify_shard(path, self._entries[shard], self.root / INDEX_FILE)
+        try:
+            self._open[shard] = h5py.File(path, "r", rdcc_nbytes=_CHUNK_CACHE_BYTES)
+        except OSError as exc:
+            raise ValueError(f"corrupt shard {path}: not a readable HDF5 file ({exc})") from None
         while len(self._open) > self.max_open_files:
             _, oldest = self._open.popitem(last=False)
             oldest.close()

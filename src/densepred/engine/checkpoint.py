@@ -11,7 +11,8 @@ A checkpoint is a plain dict of tensors and builtin types (so `torch.load(weight
     optimizer, scheduler, rng, tracking   ("last" only) the state a resumed run needs
 
 Files are written to a temp file beside the target and renamed into place, so a crash mid-write never
-leaves a truncated checkpoint under the real name.
+leaves a truncated checkpoint under the real name. A full disk is reported as `DiskFullError` naming
+the checkpoint (torch itself reports only "unexpected pos").
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -31,11 +32,39 @@ CHECKPOINT_FORMAT = "densepred-checkpoint/1"
 META_KEYS = ("job", "stage", "model", "tasks", "dataset", "num_classes", "max_depth")
 
 
+class _RecordingWriter:
+    """A file object for `torch.save` that remembers the OSError of a failed write.
+
+    torch's zip writer turns a failed write into RuntimeError("... unexpected pos ..."), dropping
+    the cause; the recorded OSError (ENOSPC, EIO, ...) is what the user needs to see.
+    """
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
-    """Write `payload` (a checkpoint dict) to `path` atomically."""
+    """Write `payload` (a checkpoint dict) to `path` atomically; a failed write raises its OSError."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        writer = _RecordingWriter(handle)
+        try:
+            torch.save(payload, writer)
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
     return path
 
 

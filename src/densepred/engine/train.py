@@ -72,7 +72,8 @@ from densepred.engine.optim import build_optimizer, build_scheduler, current_lr,
 from densepred.engine.progress import Progress
 from densepred.engine.runtime import autocast_context, job_settings, to_device, uses_channels_last
 from densepred.engine.sampler import StepSampler, StreamDataset
-from densepred.io import atomic_write_json, atomic_write_text
+from densepred.errors import Stopped
+from densepred.io import atomic_write_json, atomic_write_text, naming_disk_full
 from densepred.tasks import dataset_info
 
 STAGES = ("pretrain", "finetune")
@@ -86,8 +87,8 @@ class NonFiniteLossError(FloatingPointError, ValueError):
     """
 
 
-class TrainingInterrupted(SystemExit):
-    """SIGTERM received: a checkpoint was written; exit status 143."""
+class TrainingInterrupted(Stopped):
+    """SIGTERM received: a checkpoint was written; exit status 143, the message names the checkpoint."""
 
 
 # -------------------------------------------------------------------------------------------- set-up
@@ -268,7 +269,7 @@ class TrainLog:
         missing = [k for k in row if k not in self.fields]
         if missing:
             raise ValueError(f"{self.path}: loss terms {missing} appeared mid-run (columns {self.fields})")
-        with open(self.path, "a", newline="") as handle:
+        with naming_disk_full(self.path), open(self.path, "a", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=self.fields)
             if new:
                 writer.writeheader()
@@ -432,7 +433,11 @@ class Trainer:
             if stopping or (self.step % cfg.checkpoint_every == 0 and self.step < cfg.iterations):
                 self.save_last()
             if stopping:
-                raise TrainingInterrupted(SIGTERM_EXIT_CODE)
+                raise TrainingInterrupted(
+                    signal.SIGTERM,
+                    f"stopped by SIGTERM at step {self.step}; checkpoint saved at {self.last_path}; "
+                    "rerun the same command to resume",
+                )
         if self.step != cfg.iterations:
             raise RuntimeError(f"data loader stopped at step {self.step} of {cfg.iterations}")
 
