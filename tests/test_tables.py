@@ -12,7 +12,7 @@ import yaml
 
 from conftest import PAPER
 from densepred.config import Params, validate
-from densepred.pipeline import eval_path
+from densepred.paths import eval_path
 from densepred.tables import table2, write_tables
 
 # Per task: the flat metrics `densepred evaluate` writes (a subset), as functions of a job's number n,
