@@ -28,7 +28,6 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from densepred.losses import register_criterion
 from densepred.losses.depth import (
     charbonnier,
     depth_valid_mask,
@@ -37,6 +36,7 @@ from densepred.losses.depth import (
     silog,
 )
 from densepred.losses.normals import normals_l2, normals_valid_mask
+from densepred.losses.registry import register_criterion
 from densepred.losses.segmentation import (
     downsample_labels,
     instance_discrimination_loss,
