@@ -35,18 +35,11 @@ def parse_model_config(tree: dict[str, Any], source: str = "checkpoint") -> Any:
 def model_kwargs(model_cfg: Any, tasks: list[str], dataset: str) -> dict[str, Any]:
     """Keyword arguments of `create_model(model_cfg.name, ...)` for `tasks` trained on `dataset`.
 
-    PolyMaX takes the single `task`; every other model takes `tasks`.
+    The model's params class decides them (`build_kwargs`: e.g. PolyMaX's one `task` and its K),
+    so a model's rules and defaults live in its params class and its own module only.
     """
     info = dataset_info(dataset)
-    kwargs = model_cfg.create_kwargs()
-    kwargs.update(num_classes=info.num_classes, max_depth=info.max_depth)
-    if model_cfg.name == "polymax":
-        if len(tasks) != 1:
-            raise ValueError(f"polymax trains one task per model; got tasks {tasks}")
-        kwargs["task"] = tasks[0]
-    else:
-        kwargs["tasks"] = list(tasks)
-    return kwargs
+    return model_cfg.build_kwargs(list(tasks), num_classes=info.num_classes, max_depth=info.max_depth)
 
 
 def build_model(model_cfg: Any, tasks: list[str], dataset: str) -> nn.Module:
