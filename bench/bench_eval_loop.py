@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from densepred import paths
 from densepred.config import load_params
 from densepred.engine import distributed as dist_utils
 from densepred.engine.build import build_eval_dataset
@@ -28,10 +29,11 @@ from densepred.engine.checkpoint import load_checkpoint
 from densepred.engine.evaluate import eval_loader, model_from_checkpoint, run_metrics
 from densepred.engine.runtime import job_settings
 from densepred.metrics import MetricSuite
+from densepred.stage_run import StageRun
 
 
 def timed_loop(
-    model, data, suite: MetricSuite, params, env, batch_size: int
+    model, data, suite: MetricSuite, runtime, env, batch_size: int
 ) -> tuple[float, dict[str, float]]:
     """(loop seconds, seconds inside each meter's updates) of one pass over `data`."""
     inside = dict.fromkeys(suite.meters, 0.0)
@@ -39,7 +41,7 @@ def timed_loop(
         meter.update = _timed(meter.update, inside, name)
     start = time.perf_counter()
     with torch.no_grad():
-        run_metrics(model, eval_loader(data, batch_size, env), suite, params, env)
+        run_metrics(model, eval_loader(data, batch_size, env), suite, runtime, env)
     return time.perf_counter() - start, inside
 
 
@@ -57,15 +59,16 @@ def _timed(update, totals: dict[str, float], name: str):
 def measure(params_path: Path, job: str, repeats: int) -> tuple[float, dict[str, float]]:
     """Median loop seconds and median seconds per meter over `repeats` passes for `job`'s checkpoint."""
     params = load_params(params_path)
-    ckpt_path = Path(params.paths.runs) / job / "finetune" / "final.pt"
+    ckpt_path = paths.final_checkpoint(paths.stage_dir(paths.run_dir(params, job), "finetune"))
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"{ckpt_path}: run the pipeline first (make table2)")
     env = dist_utils.setup("cpu")
-    eval_cfg = params.job(job).evaluate
-    with job_settings(params.runtime, env.device, params.seed):
+    stage_run = StageRun.evaluate(params, job, ckpt_path, Path(paths.eval_path(params, job, "nyud")))
+    eval_cfg = stage_run.eval_settings
+    with job_settings(stage_run.runtime, env.device, stage_run.seed):
         model, meta = model_from_checkpoint(load_checkpoint(ckpt_path), ckpt_path)
         model.eval()
-        data = build_eval_dataset(params, eval_cfg.dataset, eval_cfg.split, list(meta["tasks"]))
+        data = build_eval_dataset(stage_run, list(meta["tasks"]))
         runs = []
         for _ in range(repeats):
             suite = MetricSuite.build(
@@ -75,7 +78,7 @@ def measure(params_path: Path, job: str, repeats: int) -> tuple[float, dict[str,
                 eval_cfg.boundary_thresholds,
                 eval_cfg.eigen_crop,
             )
-            runs.append(timed_loop(model, data, suite, params, env, eval_cfg.batch_size))
+            runs.append(timed_loop(model, data, suite, stage_run.runtime, env, eval_cfg.batch_size))
     meters = {name: statistics.median(run[1][name] for run in runs) for name in runs[0][1]}
     return statistics.median(run[0] for run in runs), meters
 

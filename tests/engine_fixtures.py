@@ -2,6 +2,8 @@
 and the real smoke profile shrunk to a few iterations on them.
 
 Use from a test module with `from engine_fixtures import no_tracking, tiny_data  # noqa: F401`.
+`train` and `evaluate` run one stage the way `densepred train` / `densepred evaluate` do: they build
+the stage's `StageRun` from the params and pass it to the engine.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import torch
 import yaml
 
 from conftest import ROOT, SMOKE, write_params
+from densepred.config import Params
+from densepred.stage_run import StageRun
 
 NYUD = {"num_images": 12, "num_test": 5, "height": 48, "width": 64}
 TASKONOMY = {"buildings": 3, "views_per_building": 6, "size": 64}
@@ -30,6 +34,27 @@ STAGE = {
     "log_every": 2,
     "schedule": {"name": "poly", "power": 0.9, "warmup_iters": 2},
 }
+
+
+def train(params: Params, job: str, stage: str, out: Path, init: Path | None = None) -> Path:
+    """`densepred train`: one training stage of `job` into `out`; returns its final.pt."""
+    from densepred.engine.train import train_job
+
+    return train_job(StageRun.train(params, job, stage, out, init))
+
+
+def evaluate(params: Params, job: str, ckpt: Path, out: Path, dataset: str | None = None) -> dict:
+    """`densepred evaluate`: checkpoint `ckpt` of `job` into the metrics JSON `out`."""
+    from densepred.engine.evaluate import evaluate_job
+
+    return evaluate_job(StageRun.evaluate(params, job, ckpt, out, dataset))
+
+
+def figures(out_json: Path) -> Path:
+    """The figures folder beside an evaluation's metrics JSON."""
+    from densepred.paths import figures_dir
+
+    return Path(figures_dir(out_json))
 
 
 @pytest.fixture(scope="session")

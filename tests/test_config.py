@@ -68,6 +68,37 @@ def test_polymax_is_single_task(tmp_path, smoke_tree):
         load_params(path)
 
 
+@pytest.mark.parametrize(
+    ("job", "tasks", "message"),
+    [
+        ("polymax_depth", "[edge]", r"jobs\.polymax_depth: .*polymax has no 'edge' head"),
+        ("stl_depth", "[depth, normals]", r"jobs\.stl_depth: .*stl_baseline trains exactly one task"),
+    ],
+)
+def test_each_model_checks_its_own_task_rules(job, tasks, message):
+    with pytest.raises(ParamsError, match=message):
+        load_params(SMOKE, [f"jobs.{job}.tasks={tasks}"])
+    load_params(SMOKE, [f"jobs.mtl_baseline.tasks={tasks}"])  # a multi-task model takes any tasks
+
+
+def test_model_kwargs_resolve_each_models_defaults():
+    """PolyMaX's K (default 16, C for semseg) is resolved by its params class, the same one the
+    model applies when built directly."""
+    from densepred.config import PolyMaXCfg
+    from densepred.models import create_model
+
+    jobs = load_params(SMOKE, ["jobs.polymax_depth.model.num_clusters=null"]).jobs
+    depth = jobs["polymax_depth"].model.build_kwargs(["depth"], num_classes=40, max_depth=10.0)
+    assert depth["task"] == "depth" and depth["num_clusters"] == PolyMaXCfg.DEFAULT_NUM_CLUSTERS == 16
+    assert "tasks" not in depth
+    semseg = jobs["polymax_semseg"].model.build_kwargs(["semseg"], num_classes=17, max_depth=128.0)
+    assert semseg["num_clusters"] == 17
+    direct = create_model("polymax", task="normals", backbone="test_convnext", width_mult=0.125)
+    assert direct.num_clusters == PolyMaXCfg.DEFAULT_NUM_CLUSTERS  # the model applies the same default
+    baseline = jobs["mtl_baseline"].model.build_kwargs(["depth", "edge"], num_classes=40, max_depth=10.0)
+    assert baseline["tasks"] == ["depth", "edge"] and baseline["num_classes"] == 40
+
+
 def test_missing_file_is_clear(tmp_path):
     with pytest.raises(ParamsError, match="params file not found"):
         load_params(tmp_path / "nope.yaml")

@@ -12,10 +12,12 @@ from torch import nn
 from densepred.engine.checkpoint import (
     CHECKPOINT_FORMAT,
     capture_rng,
+    init_identity,
     load_checkpoint,
     load_init_weights,
     restore_rng,
     save_checkpoint,
+    weights_digest,
 )
 
 META = {"job": "j", "stage": "pretrain", "model": {}, "tasks": ["semseg"], "dataset": "taskonomy"}
@@ -118,3 +120,35 @@ def test_init_reports_unexpected_keys(tmp_path):
     save_checkpoint(tmp_path / "pre.pt", payload(Net(5, extra=True)))
     report = load_init_weights(Net(5), tmp_path / "pre.pt")
     assert report.unexpected == ["new_branch.bias", "new_branch.weight"] and not report.reset
+
+
+def test_weights_digest_covers_values_dtype_shape_and_names_only():
+    state = Net(17).state_dict()
+    digest = weights_digest(state)
+    assert weights_digest({k: v.clone() for k, v in reversed(state.items())}) == digest  # order, copies
+    changed = {**state, "head.bias": state["head.bias"] + 1e-6}
+    assert weights_digest(changed) != digest
+    assert weights_digest({**state, "head.bias": state["head.bias"].double()}) != digest
+    assert weights_digest({**state, "head.bias": state["head.bias"].reshape(1, -1)}) != digest
+    renamed = {("x." + k if k == "head.bias" else k): v for k, v in state.items()}
+    assert weights_digest(renamed) != digest
+    transposed = state["head.weight"].transpose(0, 1)  # non-contiguous views hash their values
+    assert weights_digest({"w": transposed}) == weights_digest({"w": transposed.contiguous()})
+
+
+def test_init_identity_ignores_provenance_but_not_weights_or_settings(tmp_path):
+    state = Net(17).state_dict()
+    meta = {**META, "settings_hash": "abc", "git_commit": "1111", "weights_digest": weights_digest(state)}
+    path = tmp_path / "final.pt"
+
+    def identity_of(weights: dict, meta: dict) -> str:
+        save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "step": 1, "model": weights, "meta": meta})
+        return init_identity(path)
+
+    identity = identity_of(state, meta)
+    assert "abc" in identity and meta["weights_digest"] in identity
+    assert identity_of(state, {**meta, "git_commit": "2222-dirty"}) == identity
+    older = {k: v for k, v in meta.items() if k != "weights_digest"}  # written without it: computed
+    assert identity_of(state, older) == identity
+    assert identity_of({**state, "head.bias": state["head.bias"] + 1.0}, older) != identity
+    assert identity_of(state, {**meta, "settings_hash": "xyz"}) != identity

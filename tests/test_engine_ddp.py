@@ -24,15 +24,15 @@ import sys
 import pytest
 
 from densepred.config import load_params
-from densepred.engine.evaluate import evaluate_job
-from densepred.engine.train import train_job
 from engine_fixtures import (  # noqa: F401 (fixtures)
     assert_bitwise_equal,
     cli_env,
+    evaluate,
     load_weights,
     no_tracking,
     tiny_data,
     tiny_params_file,
+    train,
     wait_for,
 )
 
@@ -74,7 +74,7 @@ def setup(tiny_data, tmp_path_factory):  # noqa: F811
     params = load_params(path)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DENSEPRED_TRACKING", "off")
-        train_job(params, JOB, "finetune", folder / "single")
+        train(params, JOB, "finetune", folder / "single")
     return {"folder": folder, "path": path, "params": params}
 
 
@@ -110,7 +110,7 @@ def test_two_processes_match_one_and_resume_after_kill(setup):
 def test_evaluation_counts_every_image_once(setup):
     folder, params = setup["folder"], setup["params"]
     ckpt = folder / "single" / "final.pt"
-    single = evaluate_job(params, JOB, ckpt, folder / "eval_single.json")
+    single = evaluate(params, JOB, ckpt, folder / "eval_single.json")
     args = ["evaluate", "--params", str(setup["path"]), "--job", JOB, "--ckpt", str(ckpt)]
     finish(torchrun([*args, "--out", str(folder / "eval_ddp.json")], 2, folder))  # 5 images: 3 + 2
     ddp = json.loads((folder / "eval_ddp.json").read_text())

@@ -11,9 +11,15 @@ import torch
 from torch import nn
 
 from densepred.config import load_params
-from densepred.engine.evaluate import count_cost, evaluate_job, figures_dir, valid_parts
-from densepred.engine.train import train_job
-from engine_fixtures import no_tracking, tiny_data, tiny_params_file  # noqa: F401 (fixtures)
+from densepred.engine.evaluate import count_cost, valid_parts
+from engine_fixtures import (  # noqa: F401 (fixtures)
+    evaluate,
+    figures,
+    no_tracking,
+    tiny_data,
+    tiny_params_file,
+    train,
+)
 
 pytestmark = pytest.mark.usefixtures("no_tracking")
 
@@ -23,8 +29,8 @@ def short(job: str, stage: str, steps: int = 2) -> list[str]:
 
 
 def train_and_evaluate(params, job, stage, out):
-    train_job(params, job, stage, out / "run")
-    return evaluate_job(params, job, out / "run" / "final.pt", out / "metrics.json")
+    train(params, job, stage, out / "run")
+    return evaluate(params, job, out / "run" / "final.pt", out / "metrics.json")
 
 
 def test_same_command_twice_gives_the_same_metrics_json(tiny_data, tmp_path):  # noqa: F811
@@ -32,11 +38,11 @@ def test_same_command_twice_gives_the_same_metrics_json(tiny_data, tmp_path):  #
     out = tmp_path / "out"
     first = train_and_evaluate(params, "mtl_baseline", "finetune", out)
     json_bytes = (out / "metrics.json").read_bytes()
-    figures = {p.name: p.read_bytes() for p in figures_dir(out / "metrics.json").iterdir()}
+    pngs = {p.name: p.read_bytes() for p in figures(out / "metrics.json").iterdir()}
     shutil.rmtree(out)
     second = train_and_evaluate(params, "mtl_baseline", "finetune", out)
     assert (out / "metrics.json").read_bytes() == json_bytes
-    assert {p.name: p.read_bytes() for p in figures_dir(out / "metrics.json").iterdir()} == figures
+    assert {p.name: p.read_bytes() for p in figures(out / "metrics.json").iterdir()} == pngs
     assert first == second
     # Content: every task, both depth protocols, cost figures, every test image once.
     for key in ("semseg/miou", "depth_eigen/rms", "depth_eigen/delta1", "depth_mtl/rms", "normals/mean"):
@@ -47,7 +53,7 @@ def test_same_command_twice_gives_the_same_metrics_json(tiny_data, tmp_path):  #
     assert meta["tasks"] == ["semseg", "depth", "normals", "edge"] and meta["model"] == "mtl_baseline"
     assert meta["input_size"] == [64, 64]  # 48x64 padded to a multiple of 32
     assert meta["params_m"] > 0 and meta["gflops"] == pytest.approx(2 * meta["gmacs"], rel=1e-4)
-    assert sorted(figures) == ["prediction_000.png", "prediction_001.png"]
+    assert sorted(pngs) == ["prediction_000.png", "prediction_001.png"]
     on_disk = json.loads(json_bytes)
     assert list(on_disk) == sorted(on_disk)
 
@@ -88,8 +94,8 @@ def semseg_runs(tiny_data, tmp_path_factory):  # noqa: F811
     params = load_params(tiny_params_file(tiny_data, folder), short(job, "pretrain") + short(job, "finetune"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DENSEPRED_TRACKING", "off")
-        pre = train_job(params, job, "pretrain", folder / "pretrain")
-        fine = train_job(params, job, "finetune", folder / "finetune", init=pre)
+        pre = train(params, job, "pretrain", folder / "pretrain")
+        fine = train(params, job, "finetune", folder / "finetune", init=pre)
     return {"params": params, "folder": folder, "pretrain": pre, "finetune": fine, "job": job}
 
 
@@ -111,29 +117,27 @@ def test_init_reinitialises_class_heads_and_reports_every_key(semseg_runs):
 
 def test_taskonomy_checkpoint_evaluates_with_its_17_classes_and_cluster_maps(semseg_runs):
     out = semseg_runs["folder"] / "eval_taskonomy.json"
-    result = evaluate_job(
+    result = evaluate(
         semseg_runs["params"], semseg_runs["job"], semseg_runs["pretrain"], out, dataset="taskonomy"
     )
     assert len([k for k in result if k.startswith("semseg/iou_per_class/")]) == 17
     assert result["meta"]["num_images"] == 6 and result["meta"]["trained_on"] == "taskonomy"
-    names = sorted(p.name for p in figures_dir(out).iterdir())
+    names = sorted(p.name for p in figures(out).iterdir())
     assert names == ["clusters_000.png", "prediction_000.png", "prediction_001.png"]
 
 
 def test_taskonomy_semseg_checkpoint_cannot_be_scored_on_nyud(semseg_runs, tmp_path):
     with pytest.raises(ValueError, match="trained on taskonomy with 17 classes; nyud semseg has 40"):
-        evaluate_job(semseg_runs["params"], semseg_runs["job"], semseg_runs["pretrain"], tmp_path / "x.json")
+        evaluate(semseg_runs["params"], semseg_runs["job"], semseg_runs["pretrain"], tmp_path / "x.json")
     assert not (tmp_path / "x.json").exists()
 
 
 def test_finetuned_checkpoint_evaluates_on_nyud(semseg_runs, tmp_path):
-    result = evaluate_job(
-        semseg_runs["params"], semseg_runs["job"], semseg_runs["finetune"], tmp_path / "m.json"
-    )
+    result = evaluate(semseg_runs["params"], semseg_runs["job"], semseg_runs["finetune"], tmp_path / "m.json")
     assert len([k for k in result if k.startswith("semseg/iou_per_class/")]) == 40
     assert result["meta"]["num_images"] == 5 and 0.0 <= result["semseg/pixel_acc"] <= 100.0
 
 
 def test_wrong_job_for_checkpoint_is_an_error(semseg_runs, tmp_path):
     with pytest.raises(ValueError, match=r"predicts tasks \['semseg'\] but job 'polymax_depth'"):
-        evaluate_job(semseg_runs["params"], "polymax_depth", semseg_runs["finetune"], tmp_path / "x.json")
+        evaluate(semseg_runs["params"], "polymax_depth", semseg_runs["finetune"], tmp_path / "x.json")

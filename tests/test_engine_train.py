@@ -12,8 +12,8 @@ import yaml
 
 from densepred.cli import main
 from densepred.config import load_params
-from densepred.engine.checkpoint import load_checkpoint
-from densepred.engine.train import NonFiniteLossError, train_job
+from densepred.engine.checkpoint import load_checkpoint, save_checkpoint, weights_digest
+from densepred.engine.train import NonFiniteLossError
 from engine_fixtures import (  # noqa: F401 (fixtures)
     PoisonAt,
     assert_bitwise_equal,
@@ -23,6 +23,7 @@ from engine_fixtures import (  # noqa: F401 (fixtures)
     start_cli,
     tiny_data,
     tiny_params_file,
+    train,
     wait_for,
 )
 
@@ -41,7 +42,7 @@ def setup(tiny_data, tmp_path_factory):  # noqa: F811
     params = load_params(path, OVERRIDES)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DENSEPRED_TRACKING", "off")
-        train_job(params, JOB, STAGE, folder / "reference")
+        train(params, JOB, STAGE, folder / "reference")
     return {"path": path, "params": params, "reference": folder / "reference"}
 
 
@@ -80,7 +81,7 @@ def test_resume_after_kill_9_is_bitwise_equal(setup, tmp_path):
     proc.wait()
     assert not (out / "final.pt").exists(), "the run finished before it could be killed"
     assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] in (2, 4)
-    train_job(setup["params"], JOB, STAGE, out)  # the same command again resumes
+    train(setup["params"], JOB, STAGE, out)  # the same command again resumes
     assert_bitwise_equal(load_weights(out / "final.pt"), load_weights(setup["reference"] / "final.pt"))
     assert read_log(out / "train_log.csv") == read_log(setup["reference"] / "train_log.csv")
 
@@ -100,7 +101,7 @@ def test_sigterm_checkpoints_exits_143_and_resumes(setup, tmp_path):
 def test_completed_stage_is_not_rerun(setup):
     final = setup["reference"] / "final.pt"
     before = final.stat().st_mtime_ns
-    assert train_job(setup["params"], JOB, STAGE, setup["reference"]) == final
+    assert train(setup["params"], JOB, STAGE, setup["reference"]) == final
     assert final.stat().st_mtime_ns == before
 
 
@@ -109,7 +110,7 @@ def test_checkpoint_of_another_job_is_refused(setup, tmp_path):
     (out / "checkpoints").mkdir(parents=True)
     shutil.copy(setup["reference"] / "checkpoints" / "last.pt", out / "checkpoints" / "last.pt")
     with pytest.raises(ValueError, match=r"belongs to another run \(job: checkpoint 'polymax_depth' vs now"):
-        train_job(setup["params"], "polymax_normals", STAGE, out)
+        train(setup["params"], "polymax_normals", STAGE, out)
 
 
 def test_edited_settings_retrain_instead_of_reusing(setup, tmp_path, capsys):
@@ -118,12 +119,40 @@ def test_edited_settings_retrain_instead_of_reusing(setup, tmp_path, capsys):
     out = tmp_path / "edited"
     shutil.copytree(setup["reference"], out)
     params = load_params(setup["path"], [*OVERRIDES, "seed=1"])
-    train_job(params, JOB, STAGE, out)
+    train(params, JOB, STAGE, out)
     assert "was written with other settings: retraining" in capsys.readouterr().out
     final = load_checkpoint(out / "final.pt")
     assert final["meta"]["seed"] == 1
     reference = load_weights(setup["reference"] / "final.pt")
     assert any(not torch.equal(final["model"][k], reference[k]) for k in reference)
+
+
+def test_init_rewritten_with_equal_weights_keeps_the_finetune_current(setup, tmp_path, capsys):
+    """The --init identity is the init checkpoint's fingerprint and weights, not its file: a pretrain
+    final.pt rewritten with the same weights and another git commit leaves the finetune current;
+    other weights make it stale, and it is retrained."""
+    params = setup["params"]
+    pre = tmp_path / "pretrain" / "final.pt"
+    pre.parent.mkdir()
+    shutil.copy(setup["reference"] / "final.pt", pre)
+    ckpt = load_checkpoint(pre)
+    assert ckpt["meta"]["weights_digest"] == weights_digest(ckpt["model"])  # stored when written
+    fine = train(params, JOB, "finetune", tmp_path / "finetune", init=pre)
+    written, fingerprint = fine.stat().st_mtime_ns, load_checkpoint(fine)["meta"]["settings_hash"]
+
+    save_checkpoint(pre, {**ckpt, "meta": {**ckpt["meta"], "git_commit": "0" * 40 + "-dirty"}})
+    assert train(params, JOB, "finetune", tmp_path / "finetune", init=pre) == fine
+    older = {k: v for k, v in ckpt["meta"].items() if k != "weights_digest"}  # digest computed instead
+    save_checkpoint(pre, {**ckpt, "meta": older})
+    assert train(params, JOB, "finetune", tmp_path / "finetune", init=pre) == fine
+    assert fine.stat().st_mtime_ns == written
+    assert "retraining" not in capsys.readouterr().out
+
+    other = {k: v + 0.01 if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    save_checkpoint(pre, {**ckpt, "model": other, "meta": older})
+    train(params, JOB, "finetune", tmp_path / "finetune", init=pre)
+    assert "was written with other settings: retraining" in capsys.readouterr().out
+    assert load_checkpoint(fine)["meta"]["settings_hash"] != fingerprint
 
 
 def test_nan_loss_stops_with_step_and_term_and_keeps_last_good_checkpoint(
@@ -139,7 +168,7 @@ def test_nan_loss_stops_with_step_and_term_and_keeps_last_good_checkpoint(
     with pytest.raises(
         NonFiniteLossError, match=r"step 5: non-finite loss term\(s\) depth/charbonnier=nan, total=nan"
     ):
-        train_job(setup["params"], JOB, STAGE, out)
+        train(setup["params"], JOB, STAGE, out)
     last = load_checkpoint(out / "checkpoints" / "last.pt")
     assert last["step"] == 4 and not (out / "final.pt").exists()
     reference_last = load_checkpoint(setup["reference"] / "checkpoints" / "last.pt")
@@ -153,10 +182,10 @@ def test_nan_loss_stops_with_step_and_term_and_keeps_last_good_checkpoint(
 
 def test_user_errors(setup, tmp_path):
     with pytest.raises(ValueError, match="job 'stl_depth' has no pretrain stage"):
-        train_job(setup["params"], "stl_depth", "pretrain", tmp_path / "x")
+        train(setup["params"], "stl_depth", "pretrain", tmp_path / "x")
     with pytest.raises(FileNotFoundError, match="--init checkpoint not found"):
-        train_job(setup["params"], JOB, "finetune", tmp_path / "y", init=tmp_path / "missing.pt")
+        train(setup["params"], JOB, "finetune", tmp_path / "y", init=tmp_path / "missing.pt")
     params = load_params(setup["path"], ["datasets.nyud.prepared=/nonexistent/nyud"])
     with pytest.raises(FileNotFoundError, match="run `densepred prepare --dataset nyud` first"):
-        train_job(params, "stl_depth", "finetune", tmp_path / "z")
+        train(params, "stl_depth", "finetune", tmp_path / "z")
     assert not (tmp_path / "x").exists() and not (tmp_path / "z" / "final.pt").exists()

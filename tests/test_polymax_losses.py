@@ -253,7 +253,7 @@ def test_criterion_depth_losses_option():
     ("kwargs", "message"),
     [
         ({"tasks": ["depth", "normals"], "dataset": "nyud"}, "one task per model"),
-        ({"tasks": ["edge"], "dataset": "nyud"}, "task must be one of"),
+        ({"tasks": ["edge"], "dataset": "nyud"}, "has no 'edge' head"),
         ({"tasks": ["depth"], "dataset": "kitti"}, "unknown dataset"),
         (
             {"tasks": ["depth"], "dataset": "nyud", "weights": {"depth/l2": 1.0}},

@@ -12,6 +12,7 @@ import pytest
 from conftest import SMOKE
 from densepred import tracking
 from densepred.config import load_params
+from densepred.stage_run import StageRun
 
 JOB = "polymax_depth"
 
@@ -19,6 +20,11 @@ JOB = "polymax_depth"
 def params_for(uri: str | None = None, experiment: str = "densepred-smoke"):
     overrides = [f"tracking.experiment={experiment}"] + ([f"tracking.uri={uri}"] if uri else [])
     return load_params(SMOKE, overrides)
+
+
+def subject(params, stage: str) -> tracking.RunSubject:
+    """What a training stage of JOB tracks (the output folder plays no part)."""
+    return tracking.RunSubject.of_stage(StageRun.train(params, JOB, stage, Path("unused")))
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +42,12 @@ def client_for(uri: str):
 def test_uri_precedence(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DENSEPRED_ROOT", str(tmp_path))
-    assert tracking.tracking_uri(params_for()) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
-    assert (
-        tracking.tracking_uri(params_for("sqlite:///sub/x.db")) == f"sqlite:///{tmp_path.resolve()}/sub/x.db"
-    )
-    assert tracking.tracking_uri(params_for("http://127.0.0.1:5000")) == "http://127.0.0.1:5000"
+    assert tracking.tracking_uri(params_for().tracking) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    relative = params_for("sqlite:///sub/x.db").tracking
+    assert tracking.tracking_uri(relative) == f"sqlite:///{tmp_path.resolve()}/sub/x.db"
+    assert tracking.tracking_uri(params_for("http://127.0.0.1:5000").tracking) == "http://127.0.0.1:5000"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////abs/env.db")
-    assert tracking.tracking_uri(params_for("sqlite:///sub/x.db")) == "sqlite:////abs/env.db"
+    assert tracking.tracking_uri(relative) == "sqlite:////abs/env.db"
 
 
 def test_artifact_location_is_absolute_next_to_the_db(tmp_path):
@@ -59,7 +64,7 @@ def test_flatten():
 def test_off_switch_imports_nothing_and_writes_nothing(monkeypatch, tmp_path):
     monkeypatch.setenv("DENSEPRED_TRACKING", "off")
     uri = f"sqlite:///{tmp_path}/off.db"
-    with tracking.start_run(params_for(uri), JOB, "finetune", "train") as run:
+    with tracking.start_run(subject(params_for(uri), "finetune"), "train") as run:
         assert isinstance(run, tracking.NullRun) and run.run_id is None
         run.log_metrics({"x": 1.0}, step=1)
     assert not (tmp_path / "off.db").exists()
@@ -71,7 +76,7 @@ def test_run_records_tags_params_metrics_artifacts_and_status(monkeypatch, tmp_p
     uri = shared_uri
     params = params_for(uri, "records")
     (tmp_path / "config.yaml").write_text("a: 1\n")
-    with tracking.start_run(params, JOB, "finetune", "train") as run:
+    with tracking.start_run(subject(params, "finetune"), "train") as run:
         for step in (10, 20):
             run.log_metrics({"depth/silog": 0.5 / step, "lr": 1e-3, "nan": float("nan")}, step=step)
         run.log_artifact(tmp_path / "config.yaml")
@@ -100,13 +105,13 @@ def test_failure_marks_run_failed_and_reopen_continues_it(monkeypatch, shared_ur
     params = params_for(uri, "reopen")
     with (
         pytest.raises(RuntimeError, match="boom"),
-        tracking.start_run(params, JOB, "pretrain", "train") as run,
+        tracking.start_run(subject(params, "pretrain"), "train") as run,
     ):
         run.log_metrics({"loss": 1.0}, step=1)
         raise RuntimeError("boom")
     client = client_for(uri)
     assert client.get_run(run.run_id).info.status == "FAILED"
-    with tracking.start_run(params, JOB, "pretrain", "train", run_id=run.run_id) as again:
+    with tracking.start_run(subject(params, "pretrain"), "train", run_id=run.run_id) as again:
         again.log_metrics({"loss": 0.5}, step=2)
     assert again.run_id == run.run_id
     assert client.get_run(run.run_id).info.status == "FINISHED"
@@ -126,7 +131,7 @@ def _writer(uri: str, index: int, artifact_dir: str, barrier) -> str:
     artifact = Path(artifact_dir) / f"artifact_{index}.txt"
     artifact.write_text(f"writer {index}\n")
     barrier.wait()  # every process opens the fresh database at the same moment
-    with tracking.start_run(params, JOB, "finetune", "train", run_name=f"writer-{index}") as run:
+    with tracking.start_run(subject(params, "finetune"), "train", run_name=f"writer-{index}") as run:
         for step in range(STEPS):
             run.log_metrics({"loss": float(index * 1000 + step), "lr": 0.1}, step=step)
         run.log_artifact(artifact)

@@ -8,9 +8,8 @@ import json
 import pytest
 
 from densepred.config import load_params
-from densepred.engine.evaluate import evaluate_job
-from densepred.engine.train import NonFiniteLossError, train_job
-from engine_fixtures import PoisonAt, tiny_data, tiny_params_file  # noqa: F401 (fixtures)
+from densepred.engine.train import NonFiniteLossError
+from engine_fixtures import PoisonAt, evaluate, tiny_data, tiny_params_file, train  # noqa: F401 (fixtures)
 
 JOB = "stl_depth"
 
@@ -32,13 +31,13 @@ def test_train_and_evaluate_runs(tiny_data, tmp_path, monkeypatch):  # noqa: F81
     real = train_module.build_criterion
     monkeypatch.setattr(train_module, "build_criterion", lambda *a: PoisonAt(real(*a), 2, "total"))
     with pytest.raises(NonFiniteLossError, match="step 2"):
-        train_job(params, JOB, "finetune", out)
+        train(params, JOB, "finetune", out)
     run_id = json.loads((out / "tracking.json").read_text())["run_id"]
     client = MlflowClient(tracking_uri=uri)
     assert client.get_run(run_id).info.status == "FAILED"
 
     monkeypatch.setattr(train_module, "build_criterion", real)
-    train_job(params, JOB, "finetune", out)  # resumes from step 1 and continues the same run
+    train(params, JOB, "finetune", out)  # resumes from step 1 and continues the same run
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert json.loads((out / "tracking.json").read_text())["run_id"] == run_id
@@ -55,7 +54,7 @@ def test_train_and_evaluate_runs(tiny_data, tmp_path, monkeypatch):  # noqa: F81
         assert sorted(m.step for m in client.get_metric_history(run_id, key)) == [1, 2, 3], key
     assert {a.path for a in client.list_artifacts(run_id)} == {"config.yaml", "train_log.csv"}
 
-    result = evaluate_job(params, JOB, out / "final.pt", tmp_path / "eval" / "metrics.json")
+    result = evaluate(params, JOB, out / "final.pt", tmp_path / "eval" / "metrics.json")
     runs = client.search_runs(
         [client.get_experiment_by_name(params.tracking.experiment).experiment_id], "tags.kind = 'evaluate'"
     )

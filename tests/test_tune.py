@@ -273,13 +273,15 @@ def test_error_message_unwraps_to_the_root_cause():
 def test_run_job_chain_trains_stages_in_order_and_evaluates_the_last(tmp_path, smoke, monkeypatch):
     calls = []
 
-    def train_job(params, job, stage, out, init=None):
-        calls.append(("train", stage, out, init))
-        return out / "final.pt"
+    def train_job(run):
+        assert run.job_cfg == smoke.jobs[run.job] and run.train_settings == getattr(run.job_cfg, run.stage)
+        calls.append(("train", run.stage, run.out, run.init))
+        return run.out / "final.pt"
 
-    def evaluate_job(params, job, ckpt, out_json, dataset=None):
-        calls.append(("evaluate", ckpt, out_json))
-        out_json.write_text(json.dumps({"depth_eigen/rms": 0.4}))
+    def evaluate_job(run):
+        assert run.stage == "evaluate" and run.dataset == "nyud"
+        calls.append(("evaluate", run.init, run.out))
+        run.out.write_text(json.dumps({"depth_eigen/rms": 0.4}))
         return {"depth_eigen/rms": 0.4, "meta": {}}
 
     monkeypatch.setitem(sys.modules, "densepred.engine.train", types.SimpleNamespace(train_job=train_job))

@@ -33,6 +33,7 @@ from densepred import __version__
 from densepred.config import Params, load_params
 from densepred.errors import Stopped, stopped_by
 from densepred.io import DiskFullError, is_disk_full
+from densepred.stage_run import StageRun
 
 # OSError covers the environment: a full disk, permissions, unreadable files.
 USER_ERRORS = (ValueError, KeyError, OSError)
@@ -87,20 +88,16 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    params = _params(args)
-    params.job(args.job)
     from densepred.engine.train import train_job
 
     init = Path(args.init) if args.init else None
-    train_job(params, args.job, args.stage, Path(args.out), init=init)
+    train_job(StageRun.train(_params(args), args.job, args.stage, Path(args.out), init))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    params = _params(args)
-    params.job(args.job)
     from densepred.engine.evaluate import evaluate_job
 
-    evaluate_job(params, args.job, Path(args.ckpt), Path(args.out), dataset=args.dataset)
+    evaluate_job(StageRun.evaluate(_params(args), args.job, Path(args.ckpt), Path(args.out), args.dataset))
 
 
 def cmd_tune(args: argparse.Namespace) -> None:

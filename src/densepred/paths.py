@@ -4,9 +4,11 @@ trainer, the evaluation, the sweeps and the tables all ask this module.
 
     <runs>/<job>/{pretrain,finetune}/final.pt             a training stage's output
     <runs>/<job>/{pretrain,finetune}/checkpoints/last.pt   its rolling, resumable checkpoint
+    <runs>/<job>/{pretrain,finetune}/{config.yaml,train_log.csv,init_report.json,tracking.json}
     <runs>/<job>/eval/<dataset>.json                       evaluation metrics (+ <dataset>_figures/)
     <runs>/figure7/<job>/frac<pct>/...                     the Fig. 7 data-fraction chains
     <runs>/sweeps/<sweep>/summary.csv                      a sweep's per-trial results
+    <sweep>/trials/<variant>/{pretrain,finetune,metrics.json}   one trial's job chain
     <results>/<table>.csv                                  results tables and figures
     logs/<profile>/<stage>.log                             a pipeline stage's log
 """
@@ -21,6 +23,10 @@ FINAL_CHECKPOINT = "final.pt"
 LAST_CHECKPOINT = Path("checkpoints") / "last.pt"
 SWEEP_SUMMARY = "summary.csv"
 TRAIN_LOG = "train_log.csv"
+RESOLVED_CONFIG = "config.yaml"
+INIT_REPORT = "init_report.json"
+TRACKING_RECORD = "tracking.json"
+TRIAL_METRICS = "metrics.json"
 
 
 def run_dir(params: Params, job: str) -> Path:
@@ -46,6 +52,26 @@ def last_checkpoint(stage_folder: Path) -> Path:
 def train_log(stage_folder: Path) -> Path:
     """A training stage's per-log-step CSV (step, lr, losses)."""
     return Path(stage_folder) / TRAIN_LOG
+
+
+def config_file(stage_folder: Path) -> Path:
+    """A training stage's resolved config (profile, seed, job config, git commit, world size)."""
+    return Path(stage_folder) / RESOLVED_CONFIG
+
+
+def init_report(stage_folder: Path) -> Path:
+    """What `--init` loaded, reset and missed (written only by a stage started from a checkpoint)."""
+    return Path(stage_folder) / INIT_REPORT
+
+
+def tracking_record(stage_folder: Path) -> Path:
+    """The MLflow run id of a training stage, so that a resumed stage continues the same run."""
+    return Path(stage_folder) / TRACKING_RECORD
+
+
+def trial_metrics(trial_folder: Path) -> Path:
+    """The evaluation metrics of a sweep trial's job chain (written last by its evaluation)."""
+    return Path(trial_folder) / TRIAL_METRICS
 
 
 def eval_path(params: Params, job: str, dataset: str) -> str:

@@ -97,6 +97,20 @@ class StageRun:
             init=Path(init) if init is not None else None,
         )
 
+    @property
+    def train_settings(self) -> StageCfg:
+        """The settings of a training stage (`jobs.<job>.<stage>`, preset merged); typed for the trainer."""
+        if not isinstance(self.settings, StageCfg):
+            raise TypeError(f"{self.job}/{self.stage} is not a training stage")
+        return self.settings
+
+    @property
+    def eval_settings(self) -> EvalCfg:
+        """The settings of an evaluation (`jobs.<job>.evaluate`, with the dataset evaluated on)."""
+        if not isinstance(self.settings, EvalCfg):
+            raise TypeError(f"{self.job}/{self.stage} is not an evaluation")
+        return self.settings
+
     def identity(self) -> dict[str, Any]:
         """What determines this stage's result (JSON-ready); paths, resources and names of files are
         left out, so that a moved checkout or a renamed params file changes nothing."""

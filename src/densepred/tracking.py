@@ -1,13 +1,14 @@
 """MLflow tracking: the one module that talks to MLflow.
 
 One MLflow run per train or evaluate job, with tags (git commit, profile, job, stage, model, tasks,
-backbone, kind), flattened params, per-step metrics, final metrics and artifacts:
+backbone, kind), flattened params, per-step metrics, final metrics and artifacts. What a run is
+about is a `RunSubject`, taken from the stage's `StageRun` (or, for a sweep, from its job):
 
-    with start_run(params, "polymax_depth", "finetune", "train") as run:
+    with start_run(RunSubject.of_stage(stage_run), "train") as run:
         run.log_metrics({"depth/silog": 0.31, "lr": 5e-4}, step=10)
         run.log_artifact(out / "config.yaml")
 
-Where runs go (`tracking_uri`): MLFLOW_TRACKING_URI, else `params.tracking.uri`, else
+Where runs go (`tracking_uri`): MLFLOW_TRACKING_URI, else `tracking.uri` of the params, else
 `sqlite:///<project root>/mlflow.db`; a relative sqlite path is made absolute against the project
 root, so a process that changed directory (a Ray Tune trial) still writes into the same database.
 Experiments created here get an absolute artifact location next to the database
@@ -32,10 +33,12 @@ import random
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from densepred.config import Params, project_root
+from densepred.config import JobCfg, Params, RuntimeCfg, TrackingCfg, project_root
+from densepred.stage_run import StageRun
 
 ENV_SWITCH = "DENSEPRED_TRACKING"
 DB_NAME = "mlflow.db"
@@ -52,12 +55,12 @@ def tracking_enabled() -> bool:
     return os.environ.get(ENV_SWITCH, "on").strip().lower() not in ("off", "0", "false", "no")
 
 
-def tracking_uri(params: Params) -> str:
-    """The tracking URI: MLFLOW_TRACKING_URI, else params.tracking.uri, else the project's sqlite db.
+def tracking_uri(tracking_cfg: TrackingCfg) -> str:
+    """The tracking URI: MLFLOW_TRACKING_URI, else `tracking_cfg.uri`, else the project's sqlite db.
 
     Relative sqlite paths (`sqlite:///mlflow.db`) are resolved against the project root.
     """
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.uri
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking_cfg.uri
     if not uri:
         return f"sqlite:///{(project_root() / DB_NAME).resolve()}"
     return _absolute_sqlite(uri)
@@ -130,14 +133,53 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def run_tags(params: Params, job: str, stage: str | None, kind: str) -> dict[str, str]:
+@dataclass(frozen=True)
+class RunSubject:
+    """What an MLflow run is about: its tags and params are built from this, its store from `tracking`."""
+
+    profile: str
+    seed: int
+    job: str
+    job_cfg: JobCfg
+    runtime: RuntimeCfg
+    tracking: TrackingCfg
+    stage: str | None = None
+
+    @classmethod
+    def of_stage(cls, run: StageRun, stage: str | None = None) -> RunSubject:
+        """A stage run's subject; `stage` replaces the run's own stage name in the tags (an
+        evaluation is tagged with the training stage of the checkpoint it evaluates)."""
+        return cls(
+            profile=run.profile,
+            seed=run.seed,
+            job=run.job,
+            job_cfg=run.job_cfg,
+            runtime=run.runtime,
+            tracking=run.tracking,
+            stage=stage or run.stage,
+        )
+
+    @classmethod
+    def of_job(cls, params: Params, job: str) -> RunSubject:
+        """A whole job's subject, no stage (a sweep and its trials)."""
+        return cls(
+            profile=params.profile,
+            seed=params.seed,
+            job=job,
+            job_cfg=params.job(job),
+            runtime=params.runtime,
+            tracking=params.tracking,
+        )
+
+
+def run_tags(subject: RunSubject, kind: str) -> dict[str, str]:
     """The tags of a run: git commit, profile, job, stage, model, tasks, backbone, kind."""
-    cfg = params.job(job)
+    cfg = subject.job_cfg
     return {
         "git_commit": git_commit(),
-        "profile": params.profile,
-        "job": job,
-        "stage": stage or "",
+        "profile": subject.profile,
+        "job": subject.job,
+        "stage": subject.stage or "",
         "kind": kind,
         "model": cfg.model.name,
         "tasks": ",".join(cfg.tasks),
@@ -145,14 +187,13 @@ def run_tags(params: Params, job: str, stage: str | None, kind: str) -> dict[str
     }
 
 
-def run_params(params: Params, job: str) -> dict[str, str]:
+def run_params(subject: RunSubject) -> dict[str, str]:
     """Flattened params of a run: the job's config plus profile-wide settings."""
-    cfg = params.job(job)
     tree = {
-        "profile": params.profile,
-        "seed": params.seed,
-        "job": cfg.model_dump(mode="json", exclude={"description"}),
-        "runtime": params.runtime.model_dump(mode="json"),
+        "profile": subject.profile,
+        "seed": subject.seed,
+        "job": subject.job_cfg.model_dump(mode="json", exclude={"description"}),
+        "runtime": subject.runtime.model_dump(mode="json"),
     }
     return flatten(tree)
 
@@ -295,9 +336,7 @@ def open_client(uri: str, experiment: str) -> tuple[Any, str]:
 
 @contextlib.contextmanager
 def start_run(
-    params: Params,
-    job: str,
-    stage: str | None,
+    subject: RunSubject,
     kind: str,
     *,
     run_id: str | None = None,
@@ -314,15 +353,15 @@ def start_run(
     if not (enabled and tracking_enabled()):
         yield NullRun()
         return
-    uri = tracking_uri(params)
-    client, exp_id = open_client(uri, params.tracking.experiment)
+    uri = tracking_uri(subject.tracking)
+    client, exp_id = open_client(uri, subject.tracking.experiment)
     run = _reopen(client, run_id) if run_id else None
     if run is None:
-        tags = run_tags(params, job, stage, kind)
-        name = run_name or "-".join(x for x in (job, stage, kind) if x)
+        tags = run_tags(subject, kind)
+        name = run_name or "-".join(x for x in (subject.job, subject.stage, kind) if x)
         created = with_retry(client.create_run, exp_id, tags=tags, run_name=name)
         run = MlflowRun(client, created.info.run_id)
-        run.log_params(run_params(params, job))
+        run.log_params(run_params(subject))
     try:
         yield run
     except (KeyboardInterrupt, SystemExit):
@@ -349,6 +388,7 @@ def _reopen(client: Any, run_id: str) -> MlflowRun | None:
 __all__ = [
     "MlflowRun",
     "NullRun",
+    "RunSubject",
     "flatten",
     "git_commit",
     "start_run",

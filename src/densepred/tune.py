@@ -66,6 +66,7 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel
 
+from densepred import paths
 from densepred.config import (
     Params,
     ParamsError,
@@ -74,6 +75,7 @@ from densepred.config import (
 )
 from densepred.io import atomic_write_text
 from densepred.paths import SWEEP_SUMMARY
+from densepred.stage_run import TRAIN_STAGES, StageRun
 from densepred.sweeps import Trial, expand_trials, read_summary, trial_params, value_text, write_summary
 
 ENV_CPUS = "DENSEPRED_RAY_CPUS"
@@ -105,8 +107,9 @@ class SweepInterrupted(KeyboardInterrupt):
 def absolute_paths(node: Any, base: Path) -> Any:
     """A copy of a params tree (models, dicts, lists) with every relative `Path` made absolute.
 
-    Ray workers may run in another directory (their trial folder, another node); absolute paths keep
-    dataset, weight and output locations independent of that (pipeline-ecosystem.md §5).
+    Ray workers may run in another directory (their trial folder, another node; Ray Tune's
+    `RAY_CHDIR_TO_TRIAL_DIR`); absolute paths keep dataset, weight and output locations independent
+    of that.
     """
     if isinstance(node, Path):
         return node if node.is_absolute() else base / node
@@ -142,24 +145,25 @@ def fingerprint(params: Params, sweep: SweepCfg, trials: Mapping[str, Params]) -
 def run_job_chain(params: Params, job: str, out: Path) -> dict[str, Any]:
     """Run a job's chain into `out`: pretrain (if any) -> finetune from it (if any) -> evaluate.
 
-    A retried or resumed trial continues where it stopped: `train_job` does nothing for a stage whose
-    `final.pt` exists and resumes from its `checkpoints/last.pt`, and an existing `metrics.json`
-    (written last, atomically, by `evaluate_job`) is reused. Returns the flat metrics.
+    Each stage is one `StageRun` (stage folders and file names from densepred.paths). A retried or
+    resumed trial continues where it stopped: `train_job` does nothing for a stage whose `final.pt`
+    exists and resumes from its `checkpoints/last.pt`, and an existing `metrics.json` (written last,
+    atomically, by `evaluate_job`) is reused. Returns the flat metrics.
     """
     from densepred.engine.evaluate import evaluate_job
     from densepred.engine.train import train_job
 
     cfg = params.job(job)
     init: Path | None = None
-    for stage in ("pretrain", "finetune"):
+    for stage in TRAIN_STAGES:
         if getattr(cfg, stage) is not None:
-            init = Path(train_job(params, job, stage, out / stage, init=init))
+            init = Path(train_job(StageRun.train(params, job, stage, paths.stage_dir(out, stage), init)))
     if init is None:
         raise ValueError(f"jobs.{job}: nothing to train (no pretrain or finetune stage)")
-    metrics_json = out / "metrics.json"
+    metrics_json = paths.trial_metrics(out)
     if metrics_json.is_file():
         return json.loads(metrics_json.read_text())
-    return dict(evaluate_job(params, job, init, metrics_json))
+    return dict(evaluate_job(StageRun.evaluate(params, job, init, metrics_json)))
 
 
 # ----------------------------------------------------------------------------------------- the sweep
@@ -324,7 +328,7 @@ def _worker_env(params: Params) -> dict[str, str]:
 
     env = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "DENSEPRED_ROOT": str(project_root())}
     if tracking_enabled():
-        env["MLFLOW_TRACKING_URI"] = tracking_uri(params)
+        env["MLFLOW_TRACKING_URI"] = tracking_uri(params.tracking)
     env.update({k: os.environ[k] for k in PASSED_ENV if k in os.environ})
     return env
 
@@ -457,12 +461,11 @@ def _parent_run(
     params: Params, sweep: str, cfg: SweepCfg, state: dict[str, Any], out: Path
 ) -> Iterator[str | None]:
     """The sweep-level MLflow run (reopened on resume); yields its id (None with tracking off)."""
-    from densepred.tracking import start_run
+    from densepred.tracking import RunSubject, start_run
 
+    subject = RunSubject.of_job(params, cfg.job)
     run_name = f"sweep-{sweep}"
-    with start_run(
-        params, cfg.job, None, "sweep", run_id=state.get("parent_run_id"), run_name=run_name
-    ) as run:
+    with start_run(subject, "sweep", run_id=state.get("parent_run_id"), run_name=run_name) as run:
         if run.run_id and run.run_id != state.get("parent_run_id"):
             state["parent_run_id"] = run.run_id
             atomic_write_text(out / STATE_FILE, json.dumps(state, indent=2, sort_keys=True) + "\n")
@@ -475,12 +478,12 @@ def _parent_run(
 @contextlib.contextmanager
 def _trial_run(plan: _Plan, variant: str, params: Params, folder: Path) -> Iterator[Any]:
     """The trial's MLflow run, child of the sweep run; a retry reopens the same run."""
-    from densepred.tracking import start_run
+    from densepred.tracking import RunSubject, start_run
 
     id_file = folder / RUN_ID_FILE
     run_id = id_file.read_text().strip() if id_file.is_file() else None
     name = f"{plan.sweep}-{variant}"
-    with start_run(params, plan.job, None, "trial", run_id=run_id, run_name=name) as run:
+    with start_run(RunSubject.of_job(params, plan.job), "trial", run_id=run_id, run_name=name) as run:
         if run.run_id and run.run_id != run_id:
             atomic_write_text(id_file, run.run_id + "\n")
         tags = {"sweep": plan.sweep, "table": plan.table, "variant": variant}

@@ -2,7 +2,7 @@
 
 train.py        `densepred train`: one stage of one job; resumable, deterministic, DDP-ready
 evaluate.py     `densepred evaluate`: metrics JSON, figures, cost figures, MLflow run
-build.py        model, criterion and datasets from params or from a checkpoint's meta
+build.py        model, criterion and datasets from a StageRun or from a checkpoint's meta
 checkpoint.py   atomic checkpoints, weights-only loading, RNG capture, `--init` with head reset
 optim.py        AdamW/SGD parameter groups (decay on weights only, backbone lr), warmup + poly
 sampler.py      seeded, resumable data order split over DDP ranks

@@ -1,4 +1,4 @@
-"""Builds what a stage needs from params or from a checkpoint: model, criterion, datasets.
+"""Builds what a stage needs from its `StageRun` or from a checkpoint: model, criterion, datasets.
 
 The model is always built from a model config plus the dataset it is trained on: `num_classes` and
 `max_depth` come from `densepred.tasks.dataset_info(dataset)`, so a Taskonomy checkpoint rebuilds
@@ -13,7 +13,8 @@ from typing import Any
 import pydantic
 from torch import nn
 
-from densepred.config import JobCfg, ModelCfg, Params, StageCfg
+from densepred.config import DatasetCfg, JobCfg, ModelCfg, StageCfg
+from densepred.stage_run import StageRun
 from densepred.tasks import dataset_info
 
 _MODEL_ADAPTER: pydantic.TypeAdapter = pydantic.TypeAdapter(ModelCfg)
@@ -35,18 +36,11 @@ def parse_model_config(tree: dict[str, Any], source: str = "checkpoint") -> Any:
 def model_kwargs(model_cfg: Any, tasks: list[str], dataset: str) -> dict[str, Any]:
     """Keyword arguments of `create_model(model_cfg.name, ...)` for `tasks` trained on `dataset`.
 
-    PolyMaX takes the single `task`; every other model takes `tasks`.
+    The model's params class decides them (`build_kwargs`: e.g. PolyMaX's one `task` and its K),
+    so a model's rules and defaults live in its params class and its own module only.
     """
     info = dataset_info(dataset)
-    kwargs = model_cfg.create_kwargs()
-    kwargs.update(num_classes=info.num_classes, max_depth=info.max_depth)
-    if model_cfg.name == "polymax":
-        if len(tasks) != 1:
-            raise ValueError(f"polymax trains one task per model; got tasks {tasks}")
-        kwargs["task"] = tasks[0]
-    else:
-        kwargs["tasks"] = list(tasks)
-    return kwargs
+    return model_cfg.build_kwargs(list(tasks), num_classes=info.num_classes, max_depth=info.max_depth)
 
 
 def build_model(model_cfg: Any, tasks: list[str], dataset: str) -> nn.Module:
@@ -69,11 +63,9 @@ def build_criterion(job: JobCfg, stage: StageCfg) -> nn.Module:
     )
 
 
-def prepared_root(params: Params, dataset: str) -> Path:
+def prepared_root(data: DatasetCfg, dataset: str) -> Path:
     """The prepared-shards folder of `dataset`, with an error telling how to make it."""
-    if dataset not in params.datasets:
-        raise ValueError(f"profile {params.profile!r} has no `datasets.{dataset}` section")
-    root = Path(params.datasets[dataset].prepared)
+    root = Path(data.prepared)
     if not root.exists():
         raise FileNotFoundError(
             f"prepared {dataset} data not found at {root}; run `densepred prepare --dataset {dataset}` first"
@@ -81,31 +73,37 @@ def prepared_root(params: Params, dataset: str) -> Path:
     return root
 
 
-def build_train_dataset(params: Params, stage: StageCfg, tasks: list[str]) -> Any:
+def build_train_dataset(run: StageRun) -> Any:
     """The stage's training split with the joint train-time augmentation (crop, scale, flip, jitter)."""
     from densepred.data.shards import ShardDataset
     from densepred.data.transforms import TrainTransform
 
+    stage = run.train_settings
     transform = TrainTransform(
         crop=tuple(stage.crop), scale=tuple(stage.scale), flip=stage.flip, jitter=stage.jitter
     )
     return ShardDataset(
-        prepared_root(params, stage.dataset),
+        prepared_root(run.data, run.dataset),
         stage.split,
-        tasks=list(tasks),
+        tasks=list(run.job_cfg.tasks),
         fraction=stage.fraction,
         transform=transform,
-        seed=params.seed,
+        seed=run.seed,
     )
 
 
-def build_eval_dataset(params: Params, dataset: str, split: str, tasks: list[str]) -> Any:
-    """A split with the evaluation transform (full images, no augmentation)."""
+def build_eval_dataset(run: StageRun, tasks: list[str]) -> Any:
+    """The evaluation's split with the evaluation transform (full images, no augmentation), for the
+    `tasks` the checkpoint predicts."""
     from densepred.data.shards import ShardDataset
     from densepred.data.transforms import EvalTransform
 
     return ShardDataset(
-        prepared_root(params, dataset), split, tasks=list(tasks), transform=EvalTransform(), seed=params.seed
+        prepared_root(run.data, run.dataset),
+        run.eval_settings.split,
+        tasks=list(tasks),
+        transform=EvalTransform(),
+        seed=run.seed,
     )
 
 

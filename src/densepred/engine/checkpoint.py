@@ -7,17 +7,25 @@ A checkpoint is a plain dict of tensors and builtin types (so `torch.load(weight
     step       optimiser steps done
     model      the unwrapped model's state_dict
     meta       what is needed to rebuild the model without guessing: job, stage, model config,
-               tasks, dataset, num_classes, max_depth, profile, seed, git commit
+               tasks, dataset, num_classes, max_depth, profile, seed, git commit; the stage's
+               fingerprint `settings_hash`, and ("final" only) `weights_digest` of `model`
     optimizer, scheduler, rng, tracking   ("last" only) the state a resumed run needs
 
 Files are written to a temp file beside the target and renamed into place, so a crash mid-write never
 leaves a truncated checkpoint under the real name. A full disk is reported as `DiskFullError` naming
 the checkpoint (torch itself reports only "unexpected pos").
+
+`init_identity(path)`: what a stage started with `--init path` records about its starting weights:
+the init checkpoint's own fingerprint and the digest of its weights, never the file's bytes (its
+meta holds the git commit, which changes without the weights changing).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -68,8 +76,12 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
     return path
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(
+    path: Path, map_location: str | torch.device = "cpu", *, mmap: bool = False
+) -> dict[str, Any]:
     """Read a checkpoint written by `save_checkpoint` with `torch.load(weights_only=True)`.
+
+    `mmap=True` maps the tensors instead of reading them: cheap when only the meta is wanted.
 
     Raises FileNotFoundError for a missing file and ValueError (naming the file) for anything that
     is not a densepred checkpoint: truncated or corrupt files, foreign formats, missing keys.
@@ -78,7 +90,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # torch raises many types for corrupt files
         raise ValueError(f"checkpoint {path} could not be read ({type(exc).__name__}: {exc})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
@@ -91,6 +103,31 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if missing:
         raise ValueError(f"checkpoint {path} lacks {missing}")
     return ckpt
+
+
+def weights_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 of a state_dict: each tensor's name, dtype, shape and bytes, in sorted key order.
+
+    Equal weights give equal digests whatever else the checkpoint holds; stored in a final
+    checkpoint's meta (`weights_digest`) when it is written, so that reading it is cheap.
+    """
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def init_identity(path: Path) -> str:
+    """The identity of `--init path` that a stage's fingerprint includes: the init checkpoint's own
+    fingerprint (`meta.settings_hash`) and its weights digest (from its meta, or computed from the
+    weights for a checkpoint written without it). Rewriting the file with equal weights and other
+    provenance (git commit, profile name, paths) leaves it unchanged."""
+    ckpt = load_checkpoint(path, mmap=True)
+    meta = ckpt["meta"]
+    digest = meta.get("weights_digest") or weights_digest(ckpt["model"])
+    return json.dumps({"settings_hash": meta.get("settings_hash"), "weights_digest": digest}, sort_keys=True)
 
 
 # ------------------------------------------------------------------------------------------------ RNG

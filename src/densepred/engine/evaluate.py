@@ -1,5 +1,9 @@
 """`densepred evaluate`: metrics of a checkpoint on a test split, figures, and an MLflow run.
 
+`evaluate_job(run)` takes the evaluation's `StageRun` (StageRun.evaluate: the checkpoint `run.init`,
+the metrics JSON `run.out`, the dataset evaluated on, the job's evaluation settings), resolved once
+by the CLI, the pipeline or the sweep runner.
+
 The model is rebuilt from the checkpoint's own meta (model config, tasks, training dataset), never
 from the current params, so a Taskonomy checkpoint keeps its 17 classes and 128 m depth range.
 Metrics come from `densepred.metrics.MetricSuite`: both depth protocols (Eigen per-image, capped at
@@ -10,7 +14,7 @@ Outputs:
     <out>.json              flat metrics ("semseg/miou", "depth_eigen/rms", ...) plus "meta"; sorted
                             keys, written atomically; no timestamps, so equal runs give equal files
     <out>_figures/          `num_qualitative` prediction PNGs and, for PolyMaX, cluster probability
-                            maps of the first image
+                            maps of the first image (the folder is `paths.figures_dir(<out>.json)`)
 
 Under torchrun each rank evaluates a contiguous, non-overlapping slice of the split (no padding
 duplicates), the meters' summable states are all-reduced, and rank 0 writes the outputs: every test
@@ -32,8 +36,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from densepred import tracking
-from densepred.config import Params
+from densepred import paths, tracking
+from densepred.config import RuntimeCfg
 from densepred.engine import distributed as dist_utils
 from densepred.engine.build import build_eval_dataset, build_model, collate_fn, parse_model_config
 from densepred.engine.checkpoint import load_checkpoint
@@ -41,16 +45,10 @@ from densepred.engine.distributed import DistEnv
 from densepred.engine.runtime import autocast_context, job_settings, to_device, uses_channels_last
 from densepred.io import atomic_dir, atomic_write_json
 from densepred.metrics import MetricSuite
+from densepred.stage_run import StageRun
 from densepred.tasks import dataset_info
 
 FLOPS_CONVENTION = "torch.utils.flop_counter: 1 multiply-accumulate = 2 FLOPs; gmacs = gflops / 2"
-
-
-def figures_dir(out_json: Path) -> Path:
-    """`<out_json without .json>_figures/`."""
-    out_json = Path(out_json)
-    stem = out_json.name[: -len(".json")] if out_json.name.endswith(".json") else out_json.name
-    return out_json.with_name(f"{stem}_figures")
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], path: Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -146,10 +144,9 @@ def valid_parts(
 
 @torch.no_grad()
 def run_metrics(
-    model: nn.Module, loader: DataLoader, suite: MetricSuite, params: Params, env: DistEnv
+    model: nn.Module, loader: DataLoader, suite: MetricSuite, runtime: RuntimeCfg, env: DistEnv
 ) -> int:
     """Update `suite` over this rank's batches; returns the number of images this rank saw."""
-    runtime = params.runtime
     channels_last = uses_channels_last(runtime, env.device)
     seen = 0
     for batch in loader:
@@ -208,37 +205,34 @@ def write_figures(
     return [folder / name for name in names]
 
 
-def evaluate_job(
-    params: Params, job: str, ckpt: Path, out_json: Path, dataset: str | None = None
-) -> dict[str, Any]:
-    """Evaluate checkpoint `ckpt` of job `job`; write metrics JSON and figures; return the metrics dict."""
-    env = dist_utils.setup(params.runtime.device)
+def evaluate_job(run: StageRun) -> dict[str, Any]:
+    """Evaluate checkpoint `run.init` of job `run.job` on `run.dataset`; write the metrics JSON
+    `run.out` and the figures beside it; return the metrics dict."""
+    if run.init is None:
+        raise ValueError(f"{run.job}/evaluate: no checkpoint to evaluate")
+    env = dist_utils.setup(run.runtime.device)
     try:
-        with job_settings(params.runtime, env.device, params.seed):
-            return _evaluate(params, job, Path(ckpt), Path(out_json), dataset, env)
+        with job_settings(run.runtime, env.device, run.seed):
+            return _evaluate(run, run.init, env)
     finally:
         dist_utils.teardown(env)
 
 
-def _evaluate(
-    params: Params, job: str, ckpt_path: Path, out_json: Path, dataset: str | None, env: DistEnv
-) -> dict[str, Any]:
-    job_cfg = params.job(job)
-    eval_cfg = job_cfg.evaluate
-    ds_name = dataset or eval_cfg.dataset
+def _evaluate(run: StageRun, ckpt_path: Path, env: DistEnv) -> dict[str, Any]:
+    settings, ds_name, out_json = run.eval_settings, run.dataset, run.out
     ckpt = load_checkpoint(ckpt_path)
-    check_compatible(ckpt["meta"], list(job_cfg.tasks), job, ds_name, ckpt_path)
+    check_compatible(ckpt["meta"], list(run.job_cfg.tasks), run.job, ds_name, ckpt_path)
     model, meta = model_from_checkpoint(ckpt, ckpt_path)
     model = model.to(env.device).eval()
-    if uses_channels_last(params.runtime, env.device):
+    if uses_channels_last(run.runtime, env.device):
         model = model.to(memory_format=torch.channels_last)
-    data = build_eval_dataset(params, ds_name, eval_cfg.split, list(meta["tasks"]))
+    data = build_eval_dataset(run, list(meta["tasks"]))
     if len(data) == 0:
-        raise ValueError(f"{ds_name} split {eval_cfg.split!r} has no images to evaluate")
+        raise ValueError(f"{ds_name} split {settings.split!r} has no images to evaluate")
     suite = MetricSuite.build(
-        meta["tasks"], ds_name, meta["num_classes"], eval_cfg.boundary_thresholds, eval_cfg.eigen_crop
+        meta["tasks"], ds_name, meta["num_classes"], settings.boundary_thresholds, settings.eigen_crop
     )
-    seen = run_metrics(model, eval_loader(data, eval_cfg.batch_size, env), suite, params, env)
+    seen = run_metrics(model, eval_loader(data, settings.batch_size, env), suite, run.runtime, env)
     suite.sync()
     total = int(dist_utils.all_reduce_sum(env, torch.tensor([seen], dtype=torch.int64)).item())
     if total != len(data):
@@ -248,43 +242,44 @@ def _evaluate(
     if env.is_main:
         input_size = tuple(int(s) for s in data[0]["image"].shape[-2:])
         result["meta"] = {
-            "job": job,
+            "job": run.job,
             "model": meta["model"]["name"],
             "backbone": meta["model"]["backbone"],
             "tasks": list(meta["tasks"]),
             "dataset": ds_name,
-            "split": eval_cfg.split,
+            "split": settings.split,
             "trained_on": meta["dataset"],
             "train_stage": meta["stage"],
-            "profile": params.profile,
+            "profile": run.profile,
             "checkpoint": str(ckpt_path),
             "num_images": total,
             "input_size": list(input_size),
             "flops_convention": FLOPS_CONVENTION,
             **count_cost(model, input_size),
         }
-        figures = figures_dir(out_json)
-        write_figures(model, data, eval_cfg.num_qualitative, figures, meta, ds_name)
+        figures = Path(paths.figures_dir(out_json))
+        write_figures(model, data, settings.num_qualitative, figures, meta, ds_name)
         atomic_write_json(out_json, result)  # last: its existence means the evaluation is complete
-        _track(params, job, meta, result["meta"], out_json, figures, metrics)
-        print(f"[{job}/evaluate] {ds_name}/{eval_cfg.split}: {total} images -> {out_json}", flush=True)
+        _track(run, meta, result["meta"], figures, metrics)
+        print(f"[{run.job}/evaluate] {ds_name}/{settings.split}: {total} images -> {out_json}", flush=True)
     dist_utils.barrier(env)
     return result
 
 
 def _track(
-    params: Params,
-    job: str,
+    run: StageRun,
     meta: dict[str, Any],
     result_meta: dict[str, Any],
-    out_json: Path,
     figures: Path,
     metrics: dict[str, Any],
 ) -> None:
-    """One MLflow run: final metrics, the metrics JSON and the figures as artifacts."""
-    with tracking.start_run(params, job, meta["stage"], "evaluate") as run:
-        run.set_tags({"dataset": result_meta["dataset"], "checkpoint": result_meta["checkpoint"]})
-        run.log_metrics({k: v for k, v in metrics.items() if v is not None and "/iou_per_class/" not in k})
-        run.log_artifact(out_json)
+    """One MLflow run: final metrics, the metrics JSON and the figures as artifacts; tagged with the
+    training stage of the checkpoint evaluated."""
+    with tracking.start_run(tracking.RunSubject.of_stage(run, stage=meta["stage"]), "evaluate") as tracker:
+        tracker.set_tags({"dataset": result_meta["dataset"], "checkpoint": result_meta["checkpoint"]})
+        tracker.log_metrics(
+            {k: v for k, v in metrics.items() if v is not None and "/iou_per_class/" not in k}
+        )
+        tracker.log_artifact(run.out)
         if figures.exists():
-            run.log_artifact(figures)
+            tracker.log_artifact(figures)

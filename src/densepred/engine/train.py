@@ -1,6 +1,10 @@
 """`densepred train`: one stage (Taskonomy pretraining or NYUD-v2 finetuning) of one job.
 
-Outputs in the run folder `out/`:
+`train_job(run)` takes the stage's `StageRun` (stage_run.py: job and stage settings, runtime, seed,
+data, output folder, --init), resolved once by the CLI, the pipeline or the sweep runner; nothing
+here looks a job or a stage up in the params again. File names come from densepred.paths.
+
+Outputs in the run folder `out/` (`run.out`):
 
     checkpoints/last.pt   rolling, resumable checkpoint (model, optimiser, scheduler, RNG, step),
                           rewritten atomically every `checkpoint_every` steps and on SIGTERM
@@ -15,6 +19,13 @@ Rerunning the same command resumes: with `final.pt` present nothing is done; wit
 `checkpoints/last.pt` present training continues from it. The data order is a function of
 (seed, step) (engine/sampler.py), the RNG states are restored, and the schedule is a function of
 the step, so on CPU the final weights are bitwise equal to those of an uninterrupted run.
+
+Staleness: both checkpoints carry the stage's fingerprint (`meta.settings_hash` =
+`StageRun.fingerprint(init identity)`); one with another fingerprint (edited settings, other --init
+weights) is discarded and the stage retrained. The --init identity is the init checkpoint's own
+fingerprint plus the digest of its weights (`meta.weights_digest`, stored in every final.pt; see
+`checkpoint.init_identity`), so rewriting it with equal weights and another git commit in its meta
+retrains nothing.
 
 Failures: a NaN/inf loss term (or gradient norm) raises `NonFiniteLossError` naming the step and the
 terms, before the optimiser step, and no checkpoint is written after it, so `last.pt` stays the
@@ -33,7 +44,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import json
 import math
 import signal
@@ -49,8 +59,8 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
-from densepred import tracking
-from densepred.config import Params, RuntimeCfg, StageCfg
+from densepred import paths, tracking
+from densepred.config import RuntimeCfg
 from densepred.engine import distributed as dist_utils
 from densepred.engine.build import (
     build_criterion,
@@ -62,10 +72,12 @@ from densepred.engine.build import (
 from densepred.engine.checkpoint import (
     CHECKPOINT_FORMAT,
     capture_rng,
+    init_identity,
     load_checkpoint,
     load_init_weights,
     restore_rng,
     save_checkpoint,
+    weights_digest,
 )
 from densepred.engine.distributed import DistEnv
 from densepred.engine.optim import build_optimizer, build_scheduler, current_lr, describe_groups
@@ -74,10 +86,8 @@ from densepred.engine.runtime import autocast_context, job_settings, to_device, 
 from densepred.engine.sampler import StepSampler, StreamDataset
 from densepred.errors import Stopped
 from densepred.io import atomic_write_json, atomic_write_text, naming_disk_full
+from densepred.stage_run import StageRun
 from densepred.tasks import dataset_info
-
-STAGES = ("pretrain", "finetune")
-SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
 
 
 class NonFiniteLossError(FloatingPointError, ValueError):
@@ -94,62 +104,31 @@ class TrainingInterrupted(Stopped):
 # -------------------------------------------------------------------------------------------- set-up
 
 
-def stage_config(params: Params, job: str, stage: str) -> StageCfg:
-    """`params.jobs[job].<stage>`, with an error when the job has no such stage."""
-    if stage not in STAGES:
-        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-    cfg = getattr(params.job(job), stage)
-    if cfg is None:
-        raise ValueError(
-            f"job {job!r} has no {stage} stage (jobs.{job}.{stage} is null in {params.profile!r})"
-        )
-    return cfg
+def checkpoint_meta(run: StageRun) -> dict[str, Any]:
+    """What a checkpoint records about its run (enough to rebuild the model, and provenance).
 
-
-def checkpoint_meta(params: Params, job: str, stage: str, init: Path | None) -> dict[str, Any]:
-    """What a checkpoint records about its run (enough to rebuild the model, and provenance)."""
-    cfg = params.job(job)
-    scfg = stage_config(params, job, stage)
-    info = dataset_info(scfg.dataset)
+    `settings_hash` is the stage's fingerprint: its resolved identity (`StageRun.identity`) and the
+    identity of its --init weights (`checkpoint.init_identity`). A run folder whose checkpoints
+    carry another fingerprint is stale (its settings changed) and is retrained.
+    """
+    settings = run.train_settings
+    info = dataset_info(run.dataset)
     return {
-        "job": job,
-        "stage": stage,
-        "model": model_config_dict(cfg.model),
-        "tasks": list(cfg.tasks),
-        "dataset": scfg.dataset,
+        "job": run.job,
+        "stage": run.stage,
+        "model": model_config_dict(run.job_cfg.model),
+        "tasks": list(run.job_cfg.tasks),
+        "dataset": run.dataset,
         "num_classes": info.num_classes,
         "max_depth": info.max_depth,
-        "profile": params.profile,
-        "seed": params.seed,
-        "iterations": scfg.iterations,
-        "batch_size": scfg.batch_size,
-        "init": str(init) if init else None,
-        "settings_hash": settings_hash(params, job, stage, init),
+        "profile": run.profile,
+        "seed": run.seed,
+        "iterations": settings.iterations,
+        "batch_size": settings.batch_size,
+        "init": str(run.init) if run.init else None,
+        "settings_hash": run.fingerprint(init_identity(run.init) if run.init else None),
         "git_commit": tracking.git_commit(),
     }
-
-
-def settings_hash(params: Params, job: str, stage: str, init: Path | None) -> str:
-    """Fingerprint of everything that determines a stage's result: the job's model and tasks, the
-    stage settings, the seed, and the content of the --init checkpoint. A run folder whose
-    checkpoints carry another fingerprint is stale (its params changed) and is retrained."""
-    cfg = params.job(job)
-    settings = {
-        "model": cfg.model.model_dump(mode="json"),
-        "tasks": list(cfg.tasks),
-        "stage": stage_config(params, job, stage).model_dump(mode="json"),
-        "seed": params.seed,
-        "init": _file_digest(Path(init)) if init else None,
-    }
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # Keys that must agree between a run folder's checkpoint and the command resuming it.
@@ -178,32 +157,30 @@ def is_stale(ckpt_meta: Mapping[str, Any], meta: Mapping[str, Any], path: Path) 
     return ckpt_meta.get("settings_hash") != meta.get("settings_hash")
 
 
-def discard_stale(out: Path, meta: Mapping[str, Any], job: str, stage: str) -> None:
+def discard_stale(run: StageRun, meta: Mapping[str, Any]) -> None:
     """Remove final.pt / last.pt written under other settings, so the stage is retrained from scratch.
 
     Snakemake deletes a stale final.pt itself, DVC (persist: true) does not; neither knows last.pt."""
-    for path in (out / "final.pt", out / "checkpoints" / "last.pt"):
-        if path.exists() and is_stale(load_checkpoint(path)["meta"], meta, path):
-            print(f"[{job}/{stage}] {path} was written with other settings: retraining", flush=True)
+    for path in (paths.final_checkpoint(run.out), paths.last_checkpoint(run.out)):
+        if path.exists() and is_stale(load_checkpoint(path, mmap=True)["meta"], meta, path):
+            print(f"[{run.job}/{run.stage}] {path} was written with other settings: retraining", flush=True)
             path.unlink()
 
 
-def resolved_config(params: Params, job: str, stage: str, init: Path | None, env: DistEnv) -> dict[str, Any]:
+def resolved_config(run: StageRun, env: DistEnv) -> dict[str, Any]:
     """The content of out/config.yaml."""
-    cfg = params.job(job)
-    scfg = stage_config(params, job, stage)
     return {
-        "profile": params.profile,
-        "seed": params.seed,
-        "job": job,
-        "stage": stage,
+        "profile": run.profile,
+        "seed": run.seed,
+        "job": run.job,
+        "stage": run.stage,
         "git_commit": tracking.git_commit(),
-        "init": str(init) if init else None,
+        "init": str(run.init) if run.init else None,
         "world_size": env.world_size,
         "device": str(env.device),
-        "dataset": params.datasets[scfg.dataset].model_dump(mode="json"),
-        "runtime": params.runtime.model_dump(mode="json"),
-        "job_config": cfg.model_dump(mode="json"),
+        "dataset": run.data.model_dump(mode="json"),
+        "runtime": run.runtime.model_dump(mode="json"),
+        "job_config": run.job_cfg.model_dump(mode="json"),
     }
 
 
@@ -332,12 +309,10 @@ class Window:
 
 @dataclass
 class Trainer:
-    """Everything one training stage holds; `run_loop` trains from `step` to the stage's iterations."""
+    """Everything one training stage holds: its `StageRun` and the objects built from it; `run_loop`
+    trains from `step` to the stage's iterations."""
 
-    params: Params
-    job: str
-    stage: str
-    out: Path
+    run: StageRun
     env: DistEnv
     model: nn.Module  # possibly compiled and DDP-wrapped
     raw_model: nn.Module  # the plain module whose state_dict is saved
@@ -347,24 +322,20 @@ class Trainer:
     loader: DataLoader
     meta: dict[str, Any]
     step: int
-    run: tracking.NullRun = field(default_factory=tracking.NullRun)
+    tracker: tracking.NullRun = field(default_factory=tracking.NullRun)  # the MLflow run
     progress: Progress | None = None
     last_lr: float = 0.0  # the learning rate the latest step used
     window: Window = field(default_factory=Window)  # loss sums since the last log row
 
     @property
-    def cfg(self) -> StageCfg:
-        return stage_config(self.params, self.job, self.stage)
-
-    @property
     def last_path(self) -> Path:
-        return self.out / "checkpoints" / "last.pt"
+        return paths.last_checkpoint(self.run.out)
 
     def save_last(self) -> None:
         """Write the resumable checkpoint (rank 0), then wait for it on every rank."""
         window = self.window.state(self.env)
         if self.env.is_main:
-            run_info = {"run_id": self.run.run_id} if self.run.run_id else {}
+            run_info = {"run_id": self.tracker.run_id} if self.tracker.run_id else {}
             save_checkpoint(
                 self.last_path,
                 {
@@ -383,14 +354,17 @@ class Trainer:
         dist_utils.barrier(self.env)
 
     def save_final(self) -> Path:
-        path = self.out / "final.pt"
+        """Write final.pt (rank 0) with the digest of its weights in the meta (the --init identity of
+        a stage started from it), then wait for it on every rank."""
+        path = paths.final_checkpoint(self.run.out)
         if self.env.is_main:
+            state = self.raw_model.state_dict()
             payload = {
                 "format": CHECKPOINT_FORMAT,
                 "kind": "final",
                 "step": self.step,
-                "model": self.raw_model.state_dict(),
-                "meta": self.meta,
+                "model": state,
+                "meta": {**self.meta, "weights_digest": weights_digest(state)},
             }
             save_checkpoint(path, payload)
         dist_utils.barrier(self.env)
@@ -398,7 +372,7 @@ class Trainer:
 
     def train_step(self, batch: dict[str, Any]) -> tuple[dict[str, float], float]:
         """One optimiser step; returns the loss terms as floats and the gradient norm."""
-        cfg, runtime = self.cfg, self.params.runtime
+        settings, runtime = self.run.train_settings, self.run.runtime
         batch = to_device(batch, self.env.device, uses_channels_last(runtime, self.env.device))
         with autocast_context(runtime, self.env.device):
             outputs = self.model(batch["image"])
@@ -406,7 +380,7 @@ class Trainer:
         values = check_finite_losses(self.env, losses, self.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
-        max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
+        max_norm = settings.grad_clip if settings.grad_clip is not None else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), max_norm))
         if not math.isfinite(grad_norm):
             raise NonFiniteLossError(
@@ -420,17 +394,17 @@ class Trainer:
         return values, grad_norm
 
     def run_loop(self, stop: StopFlag) -> None:
-        cfg = self.cfg
-        log = TrainLog(self.out / "train_log.csv")
+        settings = self.run.train_settings
+        log = TrainLog(paths.train_log(self.run.out))
         self.model.train()
         for batch in self.loader:
             values, grad_norm = self.train_step(batch)
             self.window.add(values, grad_norm)
-            if self.step % cfg.log_every == 0 or self.step == cfg.iterations:
+            if self.step % settings.log_every == 0 or self.step == settings.iterations:
                 self._log(log, self.window)
                 self.window = Window()
             stopping = dist_utils.any_rank(self.env, stop.received)
-            if stopping or (self.step % cfg.checkpoint_every == 0 and self.step < cfg.iterations):
+            if stopping or (self.step % settings.checkpoint_every == 0 and self.step < settings.iterations):
                 self.save_last()
             if stopping:
                 raise TrainingInterrupted(
@@ -438,19 +412,19 @@ class Trainer:
                     f"stopped by SIGTERM at step {self.step}; checkpoint saved at {self.last_path}; "
                     "rerun the same command to resume",
                 )
-        if self.step != cfg.iterations:
-            raise RuntimeError(f"data loader stopped at step {self.step} of {cfg.iterations}")
+        if self.step != settings.iterations:
+            raise RuntimeError(f"data loader stopped at step {self.step} of {settings.iterations}")
 
     def _log(self, log: TrainLog, window: Window) -> None:
         means = window.means(self.env)
         elapsed = time.perf_counter() - window.t0
-        images_per_s = window.steps * self.cfg.batch_size / max(elapsed, 1e-9)
+        images_per_s = window.steps * self.run.train_settings.batch_size / max(elapsed, 1e-9)
         lr = self.last_lr
         row = {"step": self.step, "lr": lr, "images_per_s": images_per_s, "grad_norm": means.pop("grad_norm")}
         row.update({k: means[k] for k in sorted(means, key=lambda k: (k != "total", k))})
         if self.env.is_main:
             log.append(row)
-            self.run.log_metrics({k: float(v) for k, v in row.items() if k != "step"}, step=self.step)
+            self.tracker.log_metrics({k: float(v) for k, v in row.items() if k != "step"}, step=self.step)
         if self.progress is not None:
             self.progress.update(self.step, means.get("total", float("nan")), lr, images_per_s)
 
@@ -484,52 +458,55 @@ def _format_terms(terms: Mapping[str, float]) -> str:
 # ---------------------------------------------------------------------------------------- train_job
 
 
-def train_job(params: Params, job: str, stage: str, out: Path, init: Path | None = None) -> Path:
-    """Train stage `stage` of job `job` into run folder `out`; returns `out/final.pt`.
+def train_job(run: StageRun) -> Path:
+    """Train the stage `run` (StageRun.train) into its run folder `run.out`; returns its final.pt.
 
-    Resumes from `out/checkpoints/last.pt` when present; does nothing when `out/final.pt` exists.
-    `init` (a checkpoint, e.g. the pretraining's final.pt) initialises the model weights of a fresh
-    run; shape-mismatched tensors are re-initialised (see `load_init_weights`).
+    Resumes from `checkpoints/last.pt` when present; does nothing when `final.pt` exists with the
+    same fingerprint. `run.init` (a checkpoint, e.g. the pretraining's final.pt) initialises the
+    model weights of a fresh run; shape-mismatched tensors are re-initialised (`load_init_weights`).
     """
-    out = Path(out)
-    stage_config(params, job, stage)
-    if init is not None and not Path(init).is_file():
-        raise FileNotFoundError(f"--init checkpoint not found: {init}")
-    discard_stale(out, checkpoint_meta(params, job, stage, init), job, stage)
-    final = out / "final.pt"
+    if run.init is not None and not run.init.is_file():
+        raise FileNotFoundError(f"--init checkpoint not found: {run.init}")
+    meta = checkpoint_meta(run)
+    discard_stale(run, meta)
+    final = paths.final_checkpoint(run.out)
     if final.exists():
-        print(f"[{job}/{stage}] {final} exists with the same settings: stage already complete", flush=True)
+        print(
+            f"[{run.job}/{run.stage}] {final} exists with the same settings: stage already complete",
+            flush=True,
+        )
         return final
-    env = dist_utils.setup(params.runtime.device)
+    env = dist_utils.setup(run.runtime.device)
     try:
-        with job_settings(params.runtime, env.device, params.seed):
-            return _train(params, job, stage, out, init, env)
+        with job_settings(run.runtime, env.device, run.seed):
+            return _train(run, meta, env)
     finally:
         dist_utils.teardown(env)
 
 
-def _train(params: Params, job: str, stage: str, out: Path, init: Path | None, env: DistEnv) -> Path:
-    cfg, scfg, runtime = params.job(job), stage_config(params, job, stage), params.runtime
-    meta = checkpoint_meta(params, job, stage, init)
-    progress = Progress(scfg.iterations, 0, f"{job}/{stage}", every=scfg.log_every, enabled=env.is_main)
-    last_path = out / "checkpoints" / "last.pt"
+def _train(run: StageRun, meta: dict[str, Any], env: DistEnv) -> Path:
+    settings, out = run.train_settings, run.out
+    progress = Progress(
+        settings.iterations, 0, f"{run.job}/{run.stage}", every=settings.log_every, enabled=env.is_main
+    )
+    last_path = paths.last_checkpoint(out)
     resume = load_checkpoint(last_path) if last_path.exists() else None
     if resume is not None:
         check_resumable(resume["meta"], meta, last_path)
 
-    dataset = build_train_dataset(params, scfg, list(cfg.tasks))
-    model = build_model(cfg.model, list(cfg.tasks), scfg.dataset)
+    dataset = build_train_dataset(run)
+    model = build_model(run.job_cfg.model, list(run.job_cfg.tasks), run.dataset)
     if resume is not None:
         model.load_state_dict(resume["model"])
         progress.write(f"resuming from {last_path} at step {resume['step']}")
-    elif init is not None:
-        report = load_init_weights(model, Path(init))
+    elif run.init is not None:
+        report = load_init_weights(model, run.init)
         progress.write(report.summary())
         if env.is_main:
-            atomic_write_json(out / "init_report.json", report.to_dict())
-    model = prepare_model(model, runtime, env)
-    optimizer = build_optimizer(model, scfg.optimizer)
-    scheduler = build_scheduler(optimizer, scfg.schedule, scfg.iterations)
+            atomic_write_json(paths.init_report(out), report.to_dict())
+    model = prepare_model(model, run.runtime, env)
+    optimizer = build_optimizer(model, settings.optimizer)
+    scheduler = build_scheduler(optimizer, settings.schedule, settings.iterations)
     step = 0
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
@@ -537,19 +514,16 @@ def _train(params: Params, job: str, stage: str, out: Path, init: Path | None, e
         step = int(resume["step"])
     for line in describe_groups(optimizer):
         progress.write(line)
-    criterion = build_criterion(cfg, scfg).to(env.device)
-    loader = build_loader(dataset, scfg, params, env, step)
-    wrapped = wrap_model(model, runtime, env)
+    criterion = build_criterion(run.job_cfg, settings).to(env.device)
+    loader = build_loader(dataset, run, env, step)
+    wrapped = wrap_model(model, run.runtime, env)
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved_config(params, job, stage, init, env)))
-        TrainLog(out / "train_log.csv").truncate_after(step)
+        atomic_write_text(paths.config_file(out), yaml.safe_dump(resolved_config(run, env)))
+        TrainLog(paths.train_log(out)).truncate_after(step)
     progress.start = step
     trainer = Trainer(
-        params=params,
-        job=job,
-        stage=stage,
-        out=out,
+        run=run,
         env=env,
         model=wrapped,
         raw_model=model,
@@ -563,12 +537,12 @@ def _train(params: Params, job: str, stage: str, out: Path, init: Path | None, e
         window=Window.restore((resume or {}).get("log_window"), env),
     )
     run_id = (resume or {}).get("tracking", {}).get("run_id") or _previous_run_id(out)
-    with tracking.start_run(params, job, stage, "train", run_id=run_id, enabled=env.is_main) as run:
-        trainer.run = run
-        if env.is_main and run.run_id:
-            atomic_write_json(
-                out / "tracking.json", {"run_id": run.run_id, "uri": tracking.tracking_uri(params)}
-            )
+    subject = tracking.RunSubject.of_stage(run)
+    with tracking.start_run(subject, "train", run_id=run_id, enabled=env.is_main) as tracker:
+        trainer.tracker = tracker
+        if env.is_main and tracker.run_id:
+            record = {"run_id": tracker.run_id, "uri": tracking.tracking_uri(run.tracking)}
+            atomic_write_json(paths.tracking_record(out), record)
         if resume is not None:
             restore_rng(resume["rng"])
         with StopFlag().installed() as stop:
@@ -576,9 +550,9 @@ def _train(params: Params, job: str, stage: str, out: Path, init: Path | None, e
                 trainer.run_loop(stop)
             finally:
                 progress.close()
-        for name in ("config.yaml", "train_log.csv", "init_report.json"):
-            if env.is_main and (out / name).exists():
-                run.log_artifact(out / name)
+        for path in (paths.config_file(out), paths.train_log(out), paths.init_report(out)):
+            if env.is_main and path.exists():
+                tracker.log_artifact(path)
         final = trainer.save_final()
     progress.write(f"wrote {final}")
     return final
@@ -586,7 +560,7 @@ def _train(params: Params, job: str, stage: str, out: Path, init: Path | None, e
 
 def _previous_run_id(out: Path) -> str | None:
     """The MLflow run of an earlier attempt at this stage (interrupted before its first checkpoint)."""
-    path = out / "tracking.json"
+    path = paths.tracking_record(out)
     if not path.is_file():
         return None
     try:
@@ -620,22 +594,22 @@ def wrap_model(model: nn.Module, runtime: RuntimeCfg, env: DistEnv) -> nn.Module
     return wrapped
 
 
-def build_loader(dataset: Any, scfg: StageCfg, params: Params, env: DistEnv, start_step: int) -> DataLoader:
+def build_loader(dataset: Any, run: StageRun, env: DistEnv, start_step: int) -> DataLoader:
     """The rank's loader for steps start_step .. iterations-1 (see engine/sampler.py).
 
     A private generator keeps DataLoader's worker seeding off the global RNG, whose state is part of
     the checkpoint (a resumed run must draw the same dropout masks as an uninterrupted one).
     """
-    sampler = StepSampler(scfg.batch_size, start_step, scfg.iterations, env.rank, env.world_size)
-    workers = params.runtime.num_workers
+    settings = run.train_settings
+    sampler = StepSampler(settings.batch_size, start_step, settings.iterations, env.rank, env.world_size)
     return DataLoader(
-        StreamDataset(dataset, params.seed),
+        StreamDataset(dataset, run.seed),
         batch_size=sampler.local_batch,
         sampler=sampler,
-        num_workers=workers,
+        num_workers=run.runtime.num_workers,
         collate_fn=collate_fn(),
         pin_memory=env.device.type == "cuda",
-        generator=torch.Generator().manual_seed(params.seed),
+        generator=torch.Generator().manual_seed(run.seed),
         persistent_workers=False,
     )
 

@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from densepred.losses import register_criterion
 from densepred.losses.depth import charbonnier, depth_l1, depth_valid_mask
 from densepred.losses.edges import balanced_bce, edge_valid_mask
 from densepred.losses.normals import normals_l1, normals_l2, normals_valid_mask
+from densepred.losses.registry import register_criterion
 from densepred.tasks import IGNORE_INDEX, TASKS, dataset_info
 
 DEPTH_LOSSES = ("l1", "charbonnier")

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from densepred.losses import register_criterion
+from densepred.config import PolyMaXCfg
 from densepred.losses.depth import (
     charbonnier,
     depth_valid_mask,
@@ -37,6 +37,7 @@ from densepred.losses.depth import (
     silog,
 )
 from densepred.losses.normals import normals_l2, normals_valid_mask
+from densepred.losses.registry import register_criterion
 from densepred.losses.segmentation import (
     downsample_labels,
     instance_discrimination_loss,
@@ -48,7 +49,6 @@ from densepred.losses.segmentation import (
 )
 from densepred.tasks import dataset_info
 
-POLYMAX_TASKS = ("semseg", "depth", "normals")
 SEMSEG_WEIGHTS = {"pq_class": 3.0, "pq_dice": 3.0, "mask_id": 0.3, "instance_disc": 1.0, "aux_semantic": 1.0}
 DEPTH_WEIGHTS = {"silog": 1.0, "relative_squared": 1.0, "gradient": 0.5, "charbonnier": 1.0}
 DEPTH_TERMS_BY_DATASET = {"nyud": ("silog", "relative_squared", "gradient"), "taskonomy": ("charbonnier",)}
@@ -93,8 +93,8 @@ class PolyMaXCriterion(nn.Module):
         semantic_sample_temperature: float = 2.0,
     ) -> None:
         super().__init__()
-        if task not in POLYMAX_TASKS:
-            raise ValueError(f"PolyMaX criterion task must be one of {POLYMAX_TASKS}, got {task!r}")
+        if task not in PolyMaXCfg.TASKS:
+            raise ValueError(f"PolyMaX criterion task must be one of {PolyMaXCfg.TASKS}, got {task!r}")
         info = dataset_info(dataset)
         self.task = task
         self.num_classes = info.num_classes if num_classes is None else int(num_classes)
@@ -243,6 +243,5 @@ def create_polymax_criterion(
         options: keyword options of `PolyMaXCriterion` (deep_supervision, aux_weight, depth_losses, ...).
     """
     tasks = list(tasks)
-    if len(tasks) != 1:
-        raise ValueError(f"PolyMaX trains one task per model; got tasks={tasks}")
+    PolyMaXCfg.check_tasks(tasks)  # the model's rules live in its params class
     return PolyMaXCriterion(tasks[0], dataset, weights=weights, num_classes=num_classes, **options)

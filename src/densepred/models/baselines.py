@@ -28,6 +28,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from densepred.config import BaselineCfg
 from densepred.models.heads import (
     AddFusion,
     ConcatFusion,
@@ -141,6 +142,5 @@ def mtl_baseline(tasks: Sequence[str], backbone: str, **kwargs) -> MultiTaskBase
 def stl_baseline(tasks: Sequence[str], backbone: str, **kwargs) -> MultiTaskBaseline:
     """Single-task baseline: the multi-task baseline with exactly one task, trained alone."""
     tasks = check_tasks(tasks)
-    if len(tasks) != 1:
-        raise ValueError(f"stl_baseline trains exactly one task per model, got tasks={tasks}")
+    BaselineCfg.check_model_tasks("stl_baseline", tasks)  # the rule lives in its params class
     return MultiTaskBaseline(tasks=tasks, backbone=backbone, **kwargs)

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from densepred.config import PolyMaXCfg
 from densepred.models.backbones import create_backbone
 from densepred.models.polymax.aux_semantic import AuxSemanticHead
 from densepred.models.polymax.heads import (
@@ -59,10 +60,8 @@ from densepred.models.polymax.transformer_decoder import KMaXTransformerDecoder
 from densepred.models.registry import register_model
 from densepred.ops import l2_normalize
 
-POLYMAX_TASKS = ("semseg", "depth", "normals")
 INPUT_NORMS = ("kmax", "imagenet")
 SEMSEG_INFERENCE = ("mask", "mask_x_class")
-DEFAULT_NUM_CLUSTERS = 16  # depth and normals (paper Sec. 4.3, Fig. 8: 16 probability maps)
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -107,7 +106,10 @@ class PolyMaX(nn.Module):
         super().__init__()
         self.task = task
         self.num_classes = int(num_classes)
-        self.num_clusters = _resolve_num_clusters(task, self.num_classes, num_clusters)
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        # K's rule and default live in the params class (config.PolyMaXCfg), the model applies them.
+        self.num_clusters = PolyMaXCfg.resolve_num_clusters(task, self.num_classes, num_clusters)
         if input_norm not in INPUT_NORMS:
             raise ValueError(f"input_norm must be one of {INPUT_NORMS}, got {input_norm!r}")
         if semseg_inference not in SEMSEG_INFERENCE:
@@ -262,24 +264,6 @@ class PolyMaX(nn.Module):
         return {n for n, _ in self.named_parameters() if n.endswith("cluster_centers") or ".rpe_" in n}
 
 
-def _resolve_num_clusters(task: str, num_classes: int, num_clusters: int | None) -> int:
-    if task not in POLYMAX_TASKS:
-        raise ValueError(f"PolyMaX task must be one of {POLYMAX_TASKS}, got {task!r}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    if task == "semseg":
-        if num_clusters is not None and int(num_clusters) != num_classes:
-            raise ValueError(
-                f"semseg uses K = num_classes with a fixed matching (paper Sec. 3.1): "
-                f"num_clusters={num_clusters} != num_classes={num_classes}"
-            )
-        return num_classes
-    k = DEFAULT_NUM_CLUSTERS if num_clusters is None else int(num_clusters)
-    if k < 1:
-        raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
-    return k
-
-
 @torch.no_grad()
 def cluster_maps(model: PolyMaX, image: torch.Tensor) -> dict[str, torch.Tensor]:
     """Eval-mode `PolyMaX.cluster_maps` without gradients; the model's train/eval mode is restored."""
@@ -310,7 +294,8 @@ def create_polymax(
 
     Args:
         num_classes: semantic classes C (semseg forces K = C).
-        num_clusters: K; default C for semseg, 16 for depth and normals.
+        num_clusters: K; default C for semseg, `PolyMaXCfg.DEFAULT_NUM_CLUSTERS` (16) for depth and
+            normals (config.PolyMaXCfg holds the rule and the default).
         max_depth: upper bound of the depth bins in metres (NYUD 10, Taskonomy 128).
         width_mult: scales pixel-decoder, transformer-decoder and head channels (1.0 = kMaX).
         decoder_layers: kMaX layers at strides 32/16/8; its length (1..3) is the number of scales.
