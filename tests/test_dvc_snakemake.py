@@ -22,6 +22,8 @@ import pytest
 import torch
 
 from densepred.config import load_params
+from densepred.dvc_stages import dvc_names
+from densepred.pipeline import build_stages
 from project_fixtures import TARGET, make_project, run
 
 pytestmark = pytest.mark.slow
@@ -74,10 +76,12 @@ def test_dvc_exp_run_set_changes_one_job_chain(built):
     before = load_params(params_file)
     pretrain_mtime = (built / "runs/smoke/polymax_depth/pretrain/final.pt").stat().st_mtime_ns
     other = (built / "runs/smoke/stl_depth/finetune/final.pt").stat().st_mtime_ns
+    names = dvc_names(build_stages(before, params_file), params_file)
     override = "params/smoke.yaml:++jobs.polymax_depth.finetune.iterations=3"
-    result = run(built, "dvc", "exp", "run", "-S", override, "evaluate_polymax_depth_nyud")
+    result = run(built, "dvc", "exp", "run", "-S", override, names["evaluate_polymax_depth_nyud"])
     ran = {line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage")}
-    assert ran == {"finetune_polymax_depth", "evaluate_polymax_depth_nyud"}, result.stdout[-3000:]
+    expected = {names["finetune_polymax_depth"], names["evaluate_polymax_depth_nyud"]}
+    assert ran == expected, result.stdout[-3000:]
     assert _steps(built, "polymax_depth", "finetune") == 3
     assert _steps(built, "stl_depth", "finetune") == 2
     assert (built / "runs/smoke/polymax_depth/pretrain/final.pt").stat().st_mtime_ns == pretrain_mtime

@@ -11,7 +11,8 @@ import yaml
 
 from conftest import PAPER, ROOT, SMOKE
 from densepred.config import load_params
-from densepred.pipeline import build_stages, config_overrides, dvc_yaml
+from densepred.dvc_stages import dvc_names, dvc_yaml
+from densepred.pipeline import build_stages, config_overrides
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
@@ -128,17 +129,21 @@ def test_snakemake_config_typo_is_rejected_in_one_message():
 
 
 def test_dvc_yaml_is_readable():
-    """Folder dependencies, evaluation JSONs as metrics, plots with their axes, and a small file."""
+    """Folder dependencies, one foreach stage per stage shape, evaluation JSONs as metrics, plots
+    with their axes, and a small file."""
     text = (ROOT / "dvc.yaml").read_text()
-    assert len(text.encode()) <= 48_000, len(text.encode())  # 45.7 KB for the smoke profile
+    assert len(text.encode()) <= 40_000, len(text.encode())
     doc = yaml.safe_load(text)
-    finetune = doc["stages"]["finetune_polymax_depth"]
-    assert "src/densepred/engine" in finetune["deps"]
-    assert not any(d.endswith(".py") and "/engine/" in d for d in finetune["deps"])
-    assert {"params/smoke.yaml": finetune["params"][0]["params/smoke.yaml"]} == finetune["params"][0]
-    evaluate = doc["stages"]["evaluate_polymax_depth_nyud"]
-    assert evaluate["metrics"] == [{"runs/smoke/polymax_depth/eval/nyud.json": {"cache": False}}]
-    assert "plots" not in finetune  # the loss curves are top-level plots, one line per job
+    finetune = doc["stages"]["finetune"]
+    assert "polymax_depth" in finetune["foreach"] and finetune["foreach"]["mqtransformer"] == {
+        "preset": "mtl_finetune"
+    }
+    body = finetune["do"]
+    assert "src/densepred/engine" in body["deps"] and "runs/smoke/${key}/pretrain/final.pt" in body["deps"]
+    assert not any(d.endswith(".py") and "/engine/" in d for d in body["deps"])
+    assert "presets.${item.preset}" in body["params"][0]["params/smoke.yaml"]
+    evaluate = doc["stages"]["evaluate_nyud"]["do"]
+    assert evaluate["metrics"] == [{"runs/smoke/${key}/eval/nyud.json": {"cache": False}}]
     plots = {name: spec for entry in doc["plots"] for name, spec in entry.items()}
     loss = plots["finetune_loss"]
     assert loss["x"] == "step" and loss["y"]["runs/smoke/polymax_depth/finetune/train_log.csv"] == "total"
@@ -146,3 +151,22 @@ def test_dvc_yaml_is_readable():
     figure7 = plots["figure7"]
     assert figure7["x"] == "taskonomy_fraction"
     assert figure7["y"] == {"results/figure7_rms.csv": ["polymax_depth", "deeplab_depth"]}
+
+
+def test_every_stage_has_one_dvc_name():
+    """Grouped stages are `<group>@<job>` in DVC; the others keep their Snakemake rule names."""
+    stages = build_stages(load_params(SMOKE), "params/smoke.yaml")
+    names = dvc_names(stages, "params/smoke.yaml")
+    assert set(names) == {s.name for s in stages} and len(set(names.values())) == len(names)
+    assert names["finetune_polymax_depth"] == "finetune@polymax_depth"
+    assert names["evaluate_polymax_depth_nyud"] == "evaluate_nyud@polymax_depth"
+    assert names["pretrain_polymax_depth_frac25"] == "pretrain_frac25@polymax_depth"
+    assert names["table2"] == "table2"
+    listed = subprocess.run(
+        [str(Path(sys.executable).with_name("dvc")), "stage", "list", "--name-only"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert sorted(listed) == sorted(names.values())

@@ -115,8 +115,9 @@ def cmd_tables(args: argparse.Namespace) -> None:
 def cmd_dvc(args: argparse.Namespace) -> None:
     import yaml
 
+    from densepred.dvc_stages import dvc_yaml
     from densepred.io import atomic_write_text
-    from densepred.pipeline import build_stages, dvc_yaml
+    from densepred.pipeline import build_stages
 
     params = _params(args)
     doc = dvc_yaml(build_stages(params, args.params, args.set), args.params)

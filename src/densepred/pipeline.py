@@ -12,9 +12,9 @@ the settings whose change must rerun it:
 * `param_keys`: the keys of the params file those settings come from (the job's keys and the preset
   its stage starts from), which dvc.yaml lists as the stage's `params`.
 
-The Snakefile turns each stage into a rule; `densepred dvc` writes the same stages to dvc.yaml (a test
-checks the committed dvc.yaml is current), so the two definitions cannot drift. Paths come from
-paths.py.
+The Snakefile turns each stage into a rule; `densepred dvc` writes the same stages to dvc.yaml
+(dvc_stages.py; a test checks the committed dvc.yaml is current), so the two definitions cannot
+drift. Paths come from paths.py.
 """
 
 from __future__ import annotations
@@ -477,70 +477,3 @@ def build_stages(
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate stage names: {sorted(n for n in names if names.count(n) > 1)}")
     return b.stages
-
-
-def dvc_yaml(stages: list[Stage], params_path: str | Path) -> dict[str, Any]:
-    """The dvc.yaml document for `stages`: params tracked per key, folder dependencies, evaluation
-    JSONs as metrics; the training loss curves and Fig. 7 as top-level plots with their axes."""
-    doc: dict[str, Any] = {"stages": {}}
-    for st in stages:
-        entry: dict[str, Any] = {"cmd": st.command, "deps": [*st.deps, *st.sources]}
-        if st.param_keys:
-            entry["params"] = [{str(params_path): list(st.param_keys)}]
-        outs = [_dvc_out(st, o) for o in st.outs if o not in st.metrics]
-        if outs:
-            entry["outs"] = outs
-        if st.metrics:
-            entry["metrics"] = [{m: {"cache": False}} for m in st.metrics]
-        doc["stages"][st.name] = entry
-    doc["plots"] = _loss_plots(stages)
-    figure7 = next((s for s in stages if s.name == "figure7"), None)
-    if figure7 is not None:
-        csv = str(Path(figure7.outs[0]).with_name("figure7_rms.csv"))
-        doc["plots"].append(
-            {
-                "figure7": {
-                    "title": "Fig. 7: NYUD-v2 depth RMS (m) against the share of Taskonomy pretraining",
-                    "template": "linear",
-                    "x": "taskonomy_fraction",
-                    "y": {csv: _figure7_lines(stages)},
-                }
-            }
-        )
-    return doc
-
-
-def _loss_plots(stages: list[Stage]) -> list[dict[str, Any]]:
-    """One plot per training stage (pretrain, finetune): every main job's loss against the step, one
-    line per job (the Fig. 7 chains are left out)."""
-    plots = []
-    for kind in PRIORITY:
-        logs: dict[str, str] = {}
-        for st in stages:
-            if st.name.startswith(f"{kind}_"):
-                logs.update({f: y for f, _, y in st.plots if "/figure7/" not in f})
-        if logs:
-            plots.append({f"{kind}_loss": {"title": f"{kind} loss", "x": "step", "y": logs}})
-    return plots
-
-
-def _figure7_lines(stages: list[Stage]) -> list[str]:
-    """The jobs of Fig. 7 (one line each): the jobs with a `<job>_frac...` chain."""
-    jobs = []
-    for st in stages:
-        if st.kind == "evaluate" and "_frac" in st.name:
-            job = st.name.removeprefix("evaluate_").split("_frac")[0]
-            if job not in jobs:
-                jobs.append(job)
-    return jobs
-
-
-def _dvc_out(stage: Stage, out: str) -> Any:
-    """Tables and figures stay in git (cache: false). Training outputs persist: the train command is
-    idempotent (a finished final.pt with the same settings is kept), so DVC must not delete what a
-    Snakemake run already produced."""
-    if stage.kind == "tables":
-        return {out: {"cache": False}}
-    if stage.kind in ("train", "tune"):
-        return {out: {"persist": True}}
-    return out

@@ -8,6 +8,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from densepred.config import ParamsError, load_params, read_yaml
+from densepred.dvc_stages import dvc_names
 from densepred.pipeline import Command, build_stages, config_overrides
 
 if workflow.overwrite_configfiles:
@@ -28,7 +29,6 @@ except ParamsError as exc:
 # the resolved profile (presets merged, overrides applied) against the exported schema
 validate(PARAMS.model_dump(mode="json"), "../schemas/params.schema.json", set_default=False)
 STAGES = build_stages(PARAMS, PARAMS_FILE, OVERRIDES)
-STAGE_NAMES = {s.name for s in STAGES}
 
 
 def stages_of(*kinds):
@@ -72,7 +72,8 @@ def dvc_commit(log):
     if OVERRIDES or PARAMS_FILE != "params/smoke.yaml":
         print("dvc.lock not updated: dvc.yaml describes params/smoke.yaml without overrides", file=sys.stderr)
         return
-    built = sorted({job.rule.name for job in workflow.dag.jobs} & STAGE_NAMES)
+    names = dvc_names(STAGES, PARAMS_FILE)  # rule -> DVC stage (`finetune@polymax_depth`)
+    built = sorted(names[job.rule.name] for job in workflow.dag.jobs if job.rule.name in names)
     if built:
         # --no-relink: record and cache the outputs without rewriting them, so their modification
         # times (which Snakemake compares) stay as Snakemake left them
