@@ -30,7 +30,7 @@ def _with_runs(params: Params, runs: Path) -> Params:
 
 
 def _write_results(params: Params) -> dict[str, dict[str, float]]:
-    """A fake NYUD-v2 evaluation file for every finetuned job; returns job -> metrics."""
+    """A fake NYUD-v2 evaluation file for every finetuned job and seed; returns job -> metrics."""
     written = {}
     for n, (name, job) in enumerate(params.jobs.items()):
         if job.finetune is None:
@@ -38,9 +38,12 @@ def _write_results(params: Params) -> dict[str, dict[str, float]]:
         metrics: dict = {"meta": {"params_m": 1.0 + n, "gflops": 2.0}}
         for task in job.tasks:
             metrics.update(TASK_METRICS[task](n))
-        path = Path(eval_path(params, name, "nyud"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(metrics))
+        for seed in params.job_seeds(
+            name
+        ):  # the same results for every seed (tests/test_seeds.py varies them)
+            path = Path(eval_path(params, name, "nyud", seed))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(metrics))
         written[name] = metrics
     return written
 

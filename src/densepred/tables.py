@@ -41,7 +41,7 @@ from densepred.metrics import multitask_delta_m
 from densepred.paths import eval_path, figure7_eval_path, figures_dir, table_runs_path
 from densepred.pipeline import figure8_job
 from densepred.reported import reported_table2, reported_table3
-from densepred.seeds import aggregate, spread_columns, t_interval
+from densepred.seeds import aggregate, spread, spread_columns, t_interval, welch
 
 # (column, metrics-JSON key, higher is better). Units: percent for mIoU / %<t / odsF.
 METRIC_COLUMNS: list[tuple[str, str, bool]] = [
@@ -307,6 +307,53 @@ def copy_figure8(params: Params, path: Path) -> None:
         raise FileNotFoundError(f"no cluster probability-map figure under {folder}")
     with atomic_path(path) as tmp:
         shutil.copyfile(candidates[0], tmp)
+
+
+def seed_values(params: Params, job: str, column: str, dataset: str = "nyud") -> dict[int, float]:
+    """Seed -> the value of table column `column` (a metric column, or `delta_m_pct` on NYUD-v2) of
+    `job`'s evaluation of that seed on `dataset`."""
+    keys = {c: k for c, k, _ in METRIC_COLUMNS}
+    if column == "delta_m_pct":
+        if dataset != "nyud":
+            raise ValueError("delta_m_pct is defined on nyud only (table 2)")
+        results: dict[tuple[str, int], dict[str, Any]] = {}
+        values = {}
+        for seed in params.job_seeds(job):
+            results[job, seed] = read_metrics(eval_path(params, job, dataset, seed))
+            values[seed] = table2_delta_m(params, job, seed, results)
+        return values
+    if column not in keys:
+        raise ValueError(f"no table column {column!r}; columns: {[*keys, 'delta_m_pct']}")
+    return {
+        seed: float(read_metrics(eval_path(params, job, dataset, seed)).get(keys[column], math.nan))
+        for seed in params.job_seeds(job)
+    }
+
+
+def compare(params: Params, a: str, b: str, column: str, dataset: str = "nyud", alpha: float = 0.05) -> str:
+    """Whether jobs `a` and `b` differ on `column` beyond seed noise: Welch's t-test over their
+    per-seed values (`densepred.seeds.welch`), in words. With fewer than two seeds of either job the
+    seed noise cannot be estimated, and the answer says so."""
+    values = {job: seed_values(params, job, column, dataset) for job in (a, b)}
+    lines = [f"{column} on {dataset}, over seeds:"]
+    for job, by_seed in values.items():
+        s = spread(list(by_seed.values()))
+        seeds = "+".join(str(k) for k in by_seed)
+        lines.append(f"  {job}: mean {s.mean:.4f}, std {s.std:.4f}, n {s.n} (seeds {seeds})")
+    result = welch(list(values[a].values()), list(values[b].values()))
+    if result is None:
+        lines.append(
+            "cannot tell: Welch's t-test needs at least two seeds of each job with the metric "
+            "(set `seeds:` or `jobs.<job>.seeds` to two or more seeds and rerun)"
+        )
+        return "\n".join(lines)
+    verdict = (
+        f"they differ beyond seed noise (p < {alpha:g})"
+        if result.differ(alpha)
+        else f"no difference beyond seed noise (p >= {alpha:g})"
+    )
+    lines.append(f"Welch's t-test: t = {result.t:.3f}, df = {result.df:.1f}, p = {result.p:.4f}: {verdict}")
+    return "\n".join(lines)
 
 
 def write_tables(params: Params, out: Path, runs: Path | None = None, only: str | None = None) -> list[Path]:
