@@ -211,6 +211,7 @@ def test_a_fanned_out_job_folder_needs_its_seed():
 def test_snakemake_config_seeds_become_one_override():
     assert config_overrides({"seeds": [0, 1]}, {"seeds": [0]}) == ["seeds=[0, 1]"]
     assert config_overrides({"seeds": "[0, 1]"}, {"seeds": [0]}) == ["seeds=[0, 1]"]
+    assert config_overrides({"seeds": ["0", "1"]}, {"seeds": [0]}) == ["seeds=[0, 1]"]  # as Snakemake does
 
 
 # ------------------------------------------------------------------------------------------- tables

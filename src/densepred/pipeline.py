@@ -483,11 +483,19 @@ def config_overrides(config: dict[str, Any], file_tree: dict[str, Any], prefix: 
         if isinstance(value, dict) and isinstance(theirs, dict):
             overrides += config_overrides(value, theirs, f"{prefix}{key}.")
         elif key not in file_tree or theirs != value:
-            # Snakemake hands nested values over as strings: pass them on unquoted, to be parsed as
-            # YAML exactly like a --set value ("20" -> 20)
-            text = value if isinstance(value, str) else json.dumps(value)
-            overrides.append(f"{prefix}{key}={text}")
+            overrides.append(f"{prefix}{key}={_yaml_text(value)}")
     return overrides
+
+
+def _yaml_text(value: Any) -> str:
+    """A `--config` value as the text of a `--set` value. Snakemake hands nested values and list
+    items over as strings: they are passed on unquoted, to be parsed as YAML exactly like a --set
+    value ("20" -> 20, `seeds=[0, 1]` -> [0, 1] rather than ["0", "1"])."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "[" + ", ".join(_yaml_text(v) for v in value) + "]"
+    return json.dumps(value)
 
 
 def figure8_job(params: Params) -> str | None:
