@@ -30,7 +30,7 @@ def _with_runs(params: Params, runs: Path) -> Params:
 
 
 def _write_results(params: Params) -> dict[str, dict[str, float]]:
-    """A fake NYUD-v2 evaluation file for every finetuned job; returns job -> metrics."""
+    """A fake NYUD-v2 evaluation file for every finetuned job and seed; returns job -> metrics."""
     written = {}
     for n, (name, job) in enumerate(params.jobs.items()):
         if job.finetune is None:
@@ -38,9 +38,12 @@ def _write_results(params: Params) -> dict[str, dict[str, float]]:
         metrics: dict = {"meta": {"params_m": 1.0 + n, "gflops": 2.0}}
         for task in job.tasks:
             metrics.update(TASK_METRICS[task](n))
-        path = Path(eval_path(params, name, "nyud"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(metrics))
+        for seed in params.job_seeds(
+            name
+        ):  # the same results for every seed (tests/test_seeds.py varies them)
+            path = Path(eval_path(params, name, "nyud", seed))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(metrics))
         written[name] = metrics
     return written
 
@@ -60,7 +63,8 @@ def test_miou_pct_is_the_all_classes_mean_and_the_present_mean_has_its_own_colum
     results = _write_results(smoke)
     frame = table2(smoke)
     columns = list(frame.columns)
-    assert columns.index("miou_present_pct") == columns.index("miou_pct") + 1
+    i = columns.index("miou_pct")
+    assert columns[i : i + 4] == ["miou_pct", "miou_pct_std", "miou_pct_n", "miou_present_pct"]
     for job in ("polymax_semseg", "mqtransformer", "stl_semseg"):
         assert _row(frame, job)["miou_pct"] == results[job]["semseg/miou_all"]
         assert _row(frame, job)["miou_present_pct"] == results[job]["semseg/miou"]
@@ -99,12 +103,16 @@ def test_delta_m_needs_a_reference_for_every_task(smoke_tree, tmp_path):
 
 def test_table2_csv_is_byte_stable(smoke, tmp_path):
     _write_results(smoke)
-    (path,) = write_tables(smoke, tmp_path / "results", only="table2")
-    first = path.read_bytes()
+    path, runs = write_tables(smoke, tmp_path / "results", only="table2")
+    assert runs.name == "table2_runs.csv"
+    first, first_runs = path.read_bytes(), runs.read_bytes()
     write_tables(smoke, tmp_path / "results", only="table2")
-    assert path.read_bytes() == first
+    assert path.read_bytes() == first and runs.read_bytes() == first_runs
     header = first.decode().splitlines()[0]
-    assert header.startswith("model,backbone,pretraining,tasks,profile,dataset,job,miou_pct,miou_present_pct")
+    assert header.startswith(
+        "model,backbone,pretraining,tasks,profile,dataset,job,seeds,miou_pct,miou_pct_std,miou_pct_n,"
+        "miou_present_pct"
+    )
 
 
 def test_paper_profile_compares_the_papers_miou_with_the_all_classes_mean(tmp_path):
@@ -112,9 +120,11 @@ def test_paper_profile_compares_the_papers_miou_with_the_all_classes_mean(tmp_pa
     results = _write_results(params)
     frame = table2(params)
     columns = list(frame.columns)
-    assert columns[columns.index("miou_pct") + 1 : columns.index("miou_pct") + 4] == [
+    assert columns[columns.index("miou_pct") + 1 : columns.index("miou_pct") + 6] == [
         "miou_pct_paper",
         "miou_pct_diff",
+        "miou_pct_std",
+        "miou_pct_n",
         "miou_present_pct",
     ]
     assert "miou_present_pct_paper" not in columns

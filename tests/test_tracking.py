@@ -86,7 +86,7 @@ def test_run_records_tags_params_metrics_artifacts_and_status(monkeypatch, tmp_p
     tags = info.data.tags
     assert tags["job"] == JOB and tags["stage"] == "finetune" and tags["model"] == "polymax"
     assert tags["tasks"] == "depth" and tags["backbone"] == "test_convnext" and tags["profile"] == "smoke"
-    assert tags["git_commit"]
+    assert tags["git_commit"] and tags["seed"] == "0"
     assert info.data.params["job.model.num_clusters"] == "16" and info.data.params["seed"] == "0"
     history = client.get_metric_history(run.run_id, "depth/silog")
     assert [(m.step, m.value) for m in history] == [(10, 0.05), (20, 0.025)]

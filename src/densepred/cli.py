@@ -6,6 +6,7 @@
     densepred evaluate --params P --job NAME --ckpt CKPT --out FILE.json
     densepred tune     --params P --sweep NAME --out DIR
     densepred tables   --params P --out DIR
+    densepred compare  --params P --a JOB --b JOB --metric COLUMN [--dataset D] [--alpha A]
     densepred schema   [--out FILE]
 
 Every command takes `--set KEY=VALUE` (repeatable) to override one params value.
@@ -112,6 +113,15 @@ def cmd_tables(args: argparse.Namespace) -> None:
     write_tables(_params(args), Path(args.out), runs=Path(args.runs) if args.runs else None, only=args.only)
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    from densepred.tables import compare
+
+    params = _params(args)
+    params.job(args.a)
+    params.job(args.b)
+    print(compare(params, args.a, args.b, args.metric, args.dataset, args.alpha))
+
+
 def cmd_dvc(args: argparse.Namespace) -> None:
     import yaml
 
@@ -205,6 +215,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="results folder (table2.csv, table3.csv, ...)")
     p.add_argument("--runs", help="runs folder to read (default: paths.runs of the profile)")
     p.add_argument("--only", choices=["table2", "table3", "figure7", "ablations"], help="one table only")
+
+    p = add(
+        "compare",
+        cmd_compare,
+        "Say whether two jobs differ on a table column beyond seed noise (Welch's t-test over seeds).",
+    )
+    _add_common(p)
+    p.add_argument("--a", required=True, metavar="JOB", help="first job")
+    p.add_argument("--b", required=True, metavar="JOB", help="second job")
+    p.add_argument("--metric", required=True, metavar="COLUMN", help="table column, e.g. depth_rms")
+    p.add_argument("--dataset", default="nyud", choices=["nyud", "taskonomy"])
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
 
     p = add("dvc", cmd_dvc, "Write dvc.yaml from the pipeline definition (the Snakefile's stages).")
     _add_common(p)

@@ -17,6 +17,12 @@ key of the file: `--set jobs.stl_depth.finetune.iterations=20`, DVC's
 `--set presets.mtl_finetune.iterations=20` changes every job that starts from the preset. The file
 holds no YAML anchors, so a tool that rewrites it (DVC does, with ruamel) keeps its meaning.
 
+Seeds: `seeds: [0, 1, 2]` (top level, or `jobs.<job>.seeds` for one job) is the list of seeds the
+pipeline runs every training chain of a job with (pipeline.py fans the chain out per seed, paths.py
+names the per-seed folders, tables.py reports the mean and spread over them). `seed` is the seed one
+command runs with: the pipeline passes each chain's own seed to its commands as `--set seed=<k>`,
+and a command run by hand, the sweeps and anything else not fanned out use the file's `seed`.
+
 Overrides: `--set jobs.polymax_depth.model.num_clusters=32` (repeatable) replaces one value; the value
 is parsed as YAML (`32` -> int, `[1, 2]` -> list, `null` -> None). Overrides apply to the file's tree
 before presets are merged, and the result is validated as a whole, so a typo'd override is reported
@@ -307,6 +313,14 @@ class JobCfg(Strict):
         default_factory=dict, description="task -> single-task job whose metrics are the delta_m reference"
     )
     tables: list[str] = Field(default_factory=lambda: ["table2"], description="tables this job feeds")
+    seeds: list[int] | None = Field(
+        None, description="seeds this job's training chain runs with; default: the profile's `seeds`"
+    )
+
+    @field_validator("seeds")
+    @classmethod
+    def _valid_seeds(cls, seeds: list[int] | None) -> list[int] | None:
+        return None if seeds is None else check_seeds(seeds)
 
     @field_validator("tasks")
     @classmethod
@@ -402,11 +416,35 @@ class PathsCfg(Strict):
     results: Path = Path("results")
 
 
+def check_seeds(seeds: list[int]) -> list[int]:
+    """A list of seeds must be non-empty, of non-negative integers, without repeats (the pipeline
+    names a folder and a stage after each)."""
+    if not seeds:
+        raise ValueError("give at least one seed, e.g. [0]")
+    negative = [s for s in seeds if s < 0]
+    if negative:
+        raise ValueError(f"seeds must be non-negative integers; got {negative}")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"seeds repeat: {repeated} in {seeds}")
+    return seeds
+
+
 class Params(Strict):
     """A whole profile."""
 
     profile: str
-    seed: int = 0
+    seed: int = Field(
+        0,
+        ge=0,
+        description="the seed a command runs with; the pipeline sets it per chain from `seeds` "
+        "(--set seed=<k>); sweeps and commands run by hand use this value",
+    )
+    seeds: list[int] = Field(
+        default_factory=lambda: [0],
+        description="seeds every training chain runs with (pretrain -> finetune -> evaluate, Fig. 7); "
+        "the tables report the mean and spread over them. A job may set its own (`jobs.<job>.seeds`)",
+    )
     paths: PathsCfg = PathsCfg()
     tracking: TrackingCfg = TrackingCfg()
     runtime: RuntimeCfg = RuntimeCfg()
@@ -418,6 +456,11 @@ class Params(Strict):
     jobs: dict[str, JobCfg] = Field(min_length=1)
     figure7: Figure7Cfg | None = None
     sweeps: dict[str, SweepCfg] = Field(default_factory=dict)
+
+    @field_validator("seeds")
+    @classmethod
+    def _valid_seeds(cls, seeds: list[int]) -> list[int]:
+        return check_seeds(seeds)
 
     @model_validator(mode="after")
     def _references_exist(self) -> Params:
@@ -442,6 +485,11 @@ class Params(Strict):
         if name not in self.jobs:
             raise ParamsError(f"no job named {name!r} in profile {self.profile!r}; jobs: {sorted(self.jobs)}")
         return self.jobs[name]
+
+    def job_seeds(self, name: str) -> list[int]:
+        """The seeds job `name` runs with: its own `seeds`, else the profile's."""
+        job = self.job(name)
+        return list(job.seeds if job.seeds is not None else self.seeds)
 
 
 # -------------------------------------------------------------------------------------------- loading

@@ -7,10 +7,17 @@ trainer, the evaluation, the sweeps and the tables all ask this module.
     <runs>/<job>/{pretrain,finetune}/{config.yaml,train_log.csv,init_report.json,tracking.json}
     <runs>/<job>/eval/<dataset>.json                       evaluation metrics (+ <dataset>_figures/)
     <runs>/figure7/<job>/frac<pct>/...                     the Fig. 7 data-fraction chains
+    <runs>/<job>/seed<k>/...                               seed k of a job that runs several seeds
+    <runs>/figure7/<job>/frac<pct>/seed<k>/...             (and of its Fig. 7 chains)
     <runs>/sweeps/<sweep>/summary.csv                      a sweep's per-trial results
     <sweep>/trials/<variant>/{pretrain,finetune,metrics.json}   one trial's job chain
     <results>/<table>.csv                                  results tables and figures
+    <results>/table2_runs.csv                              table 2 with one row per (job, seed)
     logs/<profile>/<stage>.log                             a pipeline stage's log
+
+A job that runs one seed (`seeds: [0]`, the smoke profile) keeps the folders and stage names above
+whatever its seed; only a job with several seeds gets a `seed<k>` folder per seed and a `_seed<k>`
+suffix on its stage names. The functions below take the seed and decide (`seeds_fanned_out`).
 """
 
 from __future__ import annotations
@@ -29,9 +36,37 @@ TRACKING_RECORD = "tracking.json"
 TRIAL_METRICS = "metrics.json"
 
 
-def run_dir(params: Params, job: str) -> Path:
-    """The folder of one job's main chain."""
-    return Path(params.paths.runs) / job
+def seeds_fanned_out(params: Params, job: str) -> bool:
+    """True when `job` runs several seeds, so each seed has its own folders and stages."""
+    return len(params.job_seeds(job)) > 1
+
+
+def seed_tag(seed: int) -> str:
+    """3 -> 'seed3' (a per-seed folder; with a leading '_', a stage-name suffix)."""
+    return f"seed{seed:d}"
+
+
+def _seed_part(params: Params, job: str, seed: int | None) -> str:
+    """'' for a job with one seed, else 'seed<k>' (an error when no seed or a foreign one is given)."""
+    seeds = params.job_seeds(job)
+    if seed is not None and seed not in seeds:
+        raise ValueError(f"jobs.{job} runs seeds {seeds}; it has no seed {seed}")
+    if len(seeds) == 1:
+        return ""
+    if seed is None:
+        raise ValueError(f"jobs.{job} runs seeds {seeds}: name the seed of the run folder")
+    return seed_tag(seed)
+
+
+def stage_suffix(params: Params, job: str, seed: int | None) -> str:
+    """'' for a job with one seed, else '_seed<k>': the suffix of its per-seed stage names."""
+    part = _seed_part(params, job, seed)
+    return f"_{part}" if part else ""
+
+
+def run_dir(params: Params, job: str, seed: int | None = None) -> Path:
+    """The folder of one job's main chain (for a job with several seeds, of its chain `seed`)."""
+    return Path(params.paths.runs) / job / _seed_part(params, job, seed)
 
 
 def stage_dir(run: Path, stage: str) -> Path:
@@ -74,9 +109,9 @@ def trial_metrics(trial_folder: Path) -> Path:
     return Path(trial_folder) / TRIAL_METRICS
 
 
-def eval_path(params: Params, job: str, dataset: str) -> str:
-    """Where the evaluation of `job` on `dataset` is written."""
-    return str(run_dir(params, job) / "eval" / f"{dataset}.json")
+def eval_path(params: Params, job: str, dataset: str, seed: int | None = None) -> str:
+    """Where the evaluation of `job` (its chain `seed`, with several seeds) on `dataset` is written."""
+    return str(run_dir(params, job, seed) / "eval" / f"{dataset}.json")
 
 
 def figures_dir(eval_json: str | Path) -> str:
@@ -95,16 +130,17 @@ def is_main_figure7_point(params: Params, job: str, fraction: float) -> bool:
     return fraction == 1.0 and cfg.pretrain is not None and cfg.pretrain.fraction == 1.0
 
 
-def figure7_run_dir(params: Params, job: str, fraction: float) -> Path:
-    """The run folder of `job` pretrained on `fraction` of Taskonomy (Fig. 7)."""
-    return Path(params.paths.runs) / "figure7" / job / f"frac{fraction_tag(fraction)}"
+def figure7_run_dir(params: Params, job: str, fraction: float, seed: int | None = None) -> Path:
+    """The run folder of `job` pretrained on `fraction` of Taskonomy (Fig. 7), of its chain `seed`."""
+    folder = Path(params.paths.runs) / "figure7" / job / f"frac{fraction_tag(fraction)}"
+    return folder / _seed_part(params, job, seed)
 
 
-def figure7_eval_path(params: Params, job: str, fraction: float) -> str:
+def figure7_eval_path(params: Params, job: str, fraction: float, seed: int | None = None) -> str:
     """Evaluation of `job` pretrained on `fraction` of Taskonomy (Fig. 7); 100% is the main job."""
     if is_main_figure7_point(params, job, fraction):
-        return eval_path(params, job, "nyud")
-    return str(figure7_run_dir(params, job, fraction) / "eval" / "nyud.json")
+        return eval_path(params, job, "nyud", seed)
+    return str(figure7_run_dir(params, job, fraction, seed) / "eval" / "nyud.json")
 
 
 def sweep_dir(params: Params, sweep: str) -> Path:
@@ -120,6 +156,11 @@ def sweep_summary_path(params: Params, sweep: str) -> str:
 def table_path(params: Params, name: str, suffix: str = ".csv") -> str:
     """A results table or figure, e.g. results/table2.csv."""
     return str(Path(params.paths.results) / f"{name}{suffix}")
+
+
+def table_runs_path(params: Params, name: str) -> str:
+    """The long form of a results table, one row per (job, seed), e.g. results/table2_runs.csv."""
+    return table_path(params, f"{name}_runs")
 
 
 def log_path(params: Params, stage_name: str) -> str:

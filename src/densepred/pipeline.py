@@ -12,6 +12,13 @@ the settings whose change must rerun it:
 * `param_keys`: the keys of the params file those settings come from (the job's keys and the preset
   its stage starts from), which dvc.yaml lists as the stage's `params`.
 
+Seeds: a job that runs several seeds (`seeds:`, or `jobs.<job>.seeds`) has its whole chain (pretrain
+-> finetune -> evaluate, and its Fig. 7 chains) once per seed, each stage named with a `_seed<k>`
+suffix, writing under a `seed<k>` folder (paths.py) and running its seed through `--set seed=<k>`
+(which the stage's `StageRun` and its identity carry). A job with one seed keeps the stage names,
+folders and commands it has without seeds, so a one-seed profile plans exactly what it did before.
+The sweeps are not fanned out: they run with the file's `seed`.
+
 The Snakefile turns each stage into a rule; `densepred dvc` writes the same stages to dvc.yaml
 (dvc_stages.py; a test checks the committed dvc.yaml is current), so the two definitions cannot
 drift. Paths come from paths.py.
@@ -79,6 +86,7 @@ _SOURCES = {
         "src/densepred/tables.py",
         "src/densepred/ablations.py",
         "src/densepred/reported.py",
+        "src/densepred/seeds.py",
         "src/densepred/figures.py",
         "src/densepred/metrics/delta_m.py",
     ],
@@ -258,18 +266,29 @@ class _Builder:
             )
 
     # -- one job's chain
+    def seed_sets(self, job: str, seed: int) -> tuple[str, ...]:
+        """The override that makes a chain's commands run `seed`: `--set seed=<k>` whenever the job
+        runs several seeds or its one seed is not the file's `seed` (none otherwise, so a one-seed
+        profile's commands stay as they were)."""
+        if paths.seeds_fanned_out(self.p, job) or seed != self.p.seed:
+            return (f"seed={seed}",)
+        return ()
+
     def chain(
         self,
         job: str,
+        seed: int,
         prefix: str = "",
         run_dir: Path | None = None,
         sets: tuple[str, ...] = (),
         skip_pretrain: bool = False,
     ) -> str | None:
-        """A job's training stages (pretrain -> finetune); returns the last stage's final.pt."""
+        """A job's training stages (pretrain -> finetune) for one of its seeds; returns the last
+        stage's final.pt. `sets` are the chain's own overrides, the seed's included."""
         params = self.p if not sets else _with_overrides(self.tree, sets, self.path)
         cfg = params.jobs[job]
-        run_dir = run_dir or paths.run_dir(self.p, job)
+        run_dir = run_dir or paths.run_dir(self.p, job, seed)
+        suffix = paths.stage_suffix(self.p, job, seed)
         last: str | None = None
         tag = prefix or job
         for stage in ("pretrain", "finetune"):
@@ -281,7 +300,7 @@ class _Builder:
             run = StageRun.train(params, job, stage, folder, Path(last) if last else None)
             init = ["--init", last] if last else []
             self.add(
-                f"{stage}_{tag}",
+                f"{stage}_{tag}{suffix}",
                 "train",
                 ["train", "--job", job, "--stage", stage, *init, "--out", str(folder)],
                 [str(self.p.datasets[scfg.dataset].prepared), *([last] if last else [])],
@@ -298,7 +317,7 @@ class _Builder:
         return last
 
     def evaluate(
-        self, job: str, ckpt: str, dataset: str, out: str, tag: str, sets: tuple[str, ...] = ()
+        self, job: str, seed: int, ckpt: str, dataset: str, out: str, tag: str, sets: tuple[str, ...] = ()
     ) -> None:
         params = self.p if not sets else _with_overrides(self.tree, sets, self.path)
         run = StageRun.evaluate(params, job, Path(ckpt), Path(out), dataset)
@@ -309,7 +328,7 @@ class _Builder:
         ]
         own = dataset == params.jobs[job].evaluate.dataset
         self.add(
-            f"evaluate_{tag}_{dataset}",
+            f"evaluate_{tag}_{dataset}{paths.stage_suffix(self.p, job, seed)}",
             "evaluate",
             [
                 "evaluate",
@@ -333,16 +352,24 @@ class _Builder:
         )
 
     def jobs(self) -> None:
+        """Every job's chain and evaluations, once per seed of the job."""
         for job, cfg in self.p.jobs.items():
-            last = self.chain(job)
-            if cfg.finetune is not None and last is not None:
-                dataset = cfg.evaluate.dataset
-                self.evaluate(job, last, dataset, paths.eval_path(self.p, job, dataset), job)
-            if "table3" in cfg.tables and cfg.pretrain is not None and cfg.pretrain.dataset == "taskonomy":
-                ckpt = str(paths.final_checkpoint(paths.stage_dir(paths.run_dir(self.p, job), "pretrain")))
-                self.evaluate(job, ckpt, "taskonomy", paths.eval_path(self.p, job, "taskonomy"), job)
+            for seed in self.p.job_seeds(job):
+                sets = self.seed_sets(job, seed)
+                last = self.chain(job, seed, sets=sets)
+                if cfg.finetune is not None and last is not None:
+                    dataset = cfg.evaluate.dataset
+                    out = paths.eval_path(self.p, job, dataset, seed)
+                    self.evaluate(job, seed, last, dataset, out, job, sets=sets)
+                pretrained = cfg.pretrain is not None and cfg.pretrain.dataset == "taskonomy"
+                if "table3" in cfg.tables and pretrained:
+                    folder = paths.stage_dir(paths.run_dir(self.p, job, seed), "pretrain")
+                    ckpt = str(paths.final_checkpoint(folder))
+                    out = paths.eval_path(self.p, job, "taskonomy", seed)
+                    self.evaluate(job, seed, ckpt, "taskonomy", out, job, sets=sets)
 
     def figure7(self) -> None:
+        """Fig. 7's data-fraction chains, once per seed of each job (100% is the main job's chain)."""
         fig = self.p.figure7
         if fig is None:
             return
@@ -351,12 +378,16 @@ class _Builder:
                 if paths.is_main_figure7_point(self.p, job, fraction):
                     continue  # the main job is the 100% point
                 tag = f"{job}_frac{paths.fraction_tag(fraction)}"
-                run_dir = paths.figure7_run_dir(self.p, job, fraction)
-                sets = () if fraction == 0.0 else (f"jobs.{job}.pretrain.fraction={fraction}",)
-                last = self.chain(job, prefix=tag, run_dir=run_dir, sets=sets, skip_pretrain=fraction == 0.0)
-                if last is not None:
-                    out = paths.figure7_eval_path(self.p, job, fraction)
-                    self.evaluate(job, last, "nyud", out, tag, sets=sets)
+                frac_sets = () if fraction == 0.0 else (f"jobs.{job}.pretrain.fraction={fraction}",)
+                for seed in self.p.job_seeds(job):
+                    run_dir = paths.figure7_run_dir(self.p, job, fraction, seed)
+                    sets = (*frac_sets, *self.seed_sets(job, seed))
+                    last = self.chain(
+                        job, seed, prefix=tag, run_dir=run_dir, sets=sets, skip_pretrain=fraction == 0.0
+                    )
+                    if last is not None:
+                        out = paths.figure7_eval_path(self.p, job, fraction, seed)
+                        self.evaluate(job, seed, last, "nyud", out, tag, sets=sets)
 
     def sweeps(self) -> None:
         for name, sweep in sorted(self.p.sweeps.items()):
@@ -384,17 +415,22 @@ class _Builder:
     def tables(self) -> None:
         evals = [s.outs[0] for s in self.stages if s.kind == "evaluate"]
         fig8_job = figure8_job(self.p)
-        figure8 = [paths.figures_dir(paths.eval_path(self.p, fig8_job, "nyud"))] if fig8_job else []
+        figure8 = []
+        if fig8_job:
+            first_seed = self.p.job_seeds(fig8_job)[0]
+            figure8 = [paths.figures_dir(paths.eval_path(self.p, fig8_job, "nyud", first_seed))]
         main = [e for e in evals if "/figure7/" not in e]
         t2 = [e for e in main if e.endswith("/nyud.json")]
         t3 = [e for e in main if e.endswith("/taskonomy.json")]
+        figure7_jobs = self.p.figure7.jobs if self.p.figure7 else []
         f7 = (
             [e for e in evals if "/figure7/" in e]
-            + [paths.eval_path(self.p, j, "nyud") for j in (self.p.figure7.jobs if self.p.figure7 else [])]
+            + [paths.eval_path(self.p, j, "nyud", s) for j in figure7_jobs for s in self.p.job_seeds(j)]
             + figure8
         )
         table = self.table_stage
-        table("table2", t2, [paths.table_path(self.p, "table2")], ["profile", "jobs"])
+        t2_outs = [paths.table_path(self.p, "table2"), paths.table_runs_path(self.p, "table2")]
+        table("table2", t2, t2_outs, ["profile", "jobs"])
         table("table3", t3, [paths.table_path(self.p, "table3")], ["profile", "jobs"])
         if self.p.figure7 is not None:
             outs = [paths.table_path(self.p, n) for n in ("figure7", "figure7_rms")]
@@ -407,7 +443,14 @@ class _Builder:
             table("ablations", summaries, [paths.table_path(self.p, t) for t in names], ["sweeps"])
 
     def table_stage(self, name: str, deps: list[str], outs: list[str], keys: list[str]) -> None:
-        settings = {"profile": self.p.profile, "keys": {k: _lookup(self.merged, k) for k in keys}}
+        """A tables stage, keyed on its keys' resolved values and on every job's seeds (which name
+        the seed of each row); the seeds are left out of dvc.yaml's params, because a change of seeds
+        needs dvc.yaml regenerated anyway (its stage list is fixed: README, "Seeds")."""
+        settings = {
+            "profile": self.p.profile,
+            "keys": {k: _lookup(self.merged, k) for k in keys},
+            "seeds": {job: self.p.job_seeds(job) for job in self.p.jobs},
+        }
         self.add(
             name,
             "tables",
@@ -440,11 +483,19 @@ def config_overrides(config: dict[str, Any], file_tree: dict[str, Any], prefix: 
         if isinstance(value, dict) and isinstance(theirs, dict):
             overrides += config_overrides(value, theirs, f"{prefix}{key}.")
         elif key not in file_tree or theirs != value:
-            # Snakemake hands nested values over as strings: pass them on unquoted, to be parsed as
-            # YAML exactly like a --set value ("20" -> 20)
-            text = value if isinstance(value, str) else json.dumps(value)
-            overrides.append(f"{prefix}{key}={text}")
+            overrides.append(f"{prefix}{key}={_yaml_text(value)}")
     return overrides
+
+
+def _yaml_text(value: Any) -> str:
+    """A `--config` value as the text of a `--set` value. Snakemake hands nested values and list
+    items over as strings: they are passed on unquoted, to be parsed as YAML exactly like a --set
+    value ("20" -> 20, `seeds=[0, 1]` -> [0, 1] rather than ["0", "1"])."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "[" + ", ".join(_yaml_text(v) for v in value) + "]"
+    return json.dumps(value)
 
 
 def figure8_job(params: Params) -> str | None:

@@ -1,11 +1,18 @@
 """Results tables and figures from evaluation outputs (metrics JSON files written by `densepred evaluate`).
 
-- table2.csv: NYUD-v2 test (PolyMaX Table 2 + MQTransformer Table II columns), one row per job.
+- table2.csv: NYUD-v2 test (PolyMaX Table 2 + MQTransformer Table II columns), one row per job;
+  table2_runs.csv: the same with one row per (job, seed).
 - table3.csv: Taskonomy test (PolyMaX Table 3).
 - figure7.csv/.png: NYUD-v2 metrics after pretraining on fractions of Taskonomy (PolyMaX Fig. 7);
-  figure7_rms.csv: its depth RMS with one column per job (the DVC plot);
+  figure7_rms.csv: its mean depth RMS with one column per job (the DVC plot);
   figure8.png: PolyMaX depth cluster probability maps (Fig. 8 style), from the evaluation figures.
 - ablation_*.csv: from the Ray Tune sweep summaries (`densepred.tune`).
+
+Seeds: every job runs each of its seeds (`seeds:` in the params), and table 2, table 3 and Fig. 7
+report each metric over them as the mean, `<column>_std` (sample standard deviation, ddof=1; empty
+for one seed) and `<column>_n` (the number of seeds), from `densepred.seeds`. Delta_m is computed per
+seed against the single-task references of the same seed, and table 2 gives its mean with
+`delta_m_pct_ci95_low` / `delta_m_pct_ci95_high`, the 95 % Student-t interval over the seeds.
 
 Rows are sorted and columns fixed, so the CSVs are byte-stable for git and DVC diffs. With a real-data
 profile (no `synth:` section), the papers' reported numbers and our difference appear beside each
@@ -31,9 +38,10 @@ import pandas as pd
 from densepred.config import JobCfg, Params
 from densepred.io import atomic_path
 from densepred.metrics import multitask_delta_m
-from densepred.paths import eval_path, figure7_eval_path, figures_dir
+from densepred.paths import eval_path, figure7_eval_path, figures_dir, table_runs_path
 from densepred.pipeline import figure8_job
 from densepred.reported import reported_table2, reported_table3
+from densepred.seeds import aggregate, spread, spread_columns, t_interval, welch
 
 # (column, metrics-JSON key, higher is better). Units: percent for mIoU / %<t / odsF.
 METRIC_COLUMNS: list[tuple[str, str, bool]] = [
@@ -54,6 +62,8 @@ METRIC_COLUMNS: list[tuple[str, str, bool]] = [
 ]
 META_COLUMNS = ["model", "backbone", "pretraining", "tasks", "profile", "dataset", "job"]
 TAIL_COLUMNS = ["delta_m_pct", "params_m", "gflops"]
+COST_COLUMNS = ["params_m", "gflops"]  # the same for every seed of a job
+DELTA_M_CI = ["delta_m_pct_ci95_low", "delta_m_pct_ci95_high"]
 
 
 def read_metrics(path: str | Path) -> dict[str, Any]:
@@ -113,16 +123,20 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
         frame.to_csv(tmp, index=False, float_format="%.4f")
 
 
-def table2_delta_m(params: Params, name: str, results: dict[str, dict[str, Any]]) -> float:
-    """The `delta_m_pct` cell of job `name` in table 2, from the NYUD-v2 results of its references.
+def table2_delta_m(
+    params: Params, name: str, seed: int, results: dict[tuple[str, int], dict[str, Any]]
+) -> float:
+    """The `delta_m_pct` of job `name`'s run `seed` in table 2, from the NYUD-v2 results of its
+    references' runs of the same seed (paired by seed).
 
     - a job that other jobs name in `delta_m_refs` is a single-task baseline: 0 by definition;
     - a job with `delta_m_refs` gets `densepred.metrics.multitask_delta_m` over its tasks (every task
-      needs a reference; a missing one, or a metric that makes Delta_m undefined, is an error);
+      needs a reference that ran this seed; a missing one, or a metric that makes Delta_m undefined,
+      is an error);
     - any other job has no Delta_m: NaN, an empty cell in the CSV.
 
-    `results` holds the evaluation results already read (job -> flat metrics); a reference outside
-    table 2 is read from its own evaluation file and added to it.
+    `results` holds the evaluation results already read ((job, seed) -> flat metrics); a reference
+    outside table 2 is read from its own evaluation file and added to it.
     """
     job = params.jobs[name]
     if any(name in other.delta_m_refs.values() for other in params.jobs.values()):
@@ -131,65 +145,117 @@ def table2_delta_m(params: Params, name: str, results: dict[str, dict[str, Any]]
         return math.nan
     references = {}
     for task, ref_job in job.delta_m_refs.items():
-        if ref_job not in results:
-            results[ref_job] = read_metrics(eval_path(params, ref_job, "nyud"))
-        references[task] = results[ref_job]
+        if seed not in params.job_seeds(ref_job):
+            raise ValueError(
+                f"jobs.{name}: Delta_m pairs seed {seed} with the same seed of its reference {ref_job!r}, "
+                f"which runs seeds {params.job_seeds(ref_job)}; give jobs.{ref_job}.seeds the seeds "
+                f"{params.job_seeds(name)} as well"
+            )
+        if (ref_job, seed) not in results:
+            results[ref_job, seed] = read_metrics(eval_path(params, ref_job, "nyud", seed))
+        references[task] = results[ref_job, seed]
     try:
-        return multitask_delta_m(results[name], references, job.tasks)
+        return multitask_delta_m(results[name, seed], references, job.tasks)
     except ValueError as exc:
         raise ValueError(f"jobs.{name}: {exc} (delta_m_refs {job.delta_m_refs})") from None
 
 
-def table2(params: Params) -> pd.DataFrame:
-    """NYUD-v2 test results of every job that feeds table 2, with delta_m for multi-task jobs."""
+def _sorted(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    return frame.sort_values(by, kind="stable").reset_index(drop=True)
+
+
+def _metric_names() -> list[str]:
+    return [c for c, _, _ in METRIC_COLUMNS]
+
+
+def table2_runs(params: Params) -> pd.DataFrame:
+    """NYUD-v2 test results of every job that feeds table 2, one row per (job, seed), each with the
+    Delta_m of that seed (paired with the references' runs of the same seed)."""
     names = [n for n, j in params.jobs.items() if "table2" in j.tables and j.finetune is not None]
-    results = {n: read_metrics(eval_path(params, n, "nyud")) for n in names}
-    rows = {n: metric_row(params, n, results[n], "nyud") for n in names}
-    for name, row in rows.items():
-        row["delta_m_pct"] = table2_delta_m(params, name, results)
-    frame = pd.DataFrame(
-        list(rows.values()), columns=META_COLUMNS + [c for c, _, _ in METRIC_COLUMNS] + TAIL_COLUMNS
-    )
-    frame = frame.sort_values(["model", "tasks", "job"], kind="stable").reset_index(drop=True)
+    runs = [(n, seed) for n in names for seed in params.job_seeds(n)]
+    results = {(n, seed): read_metrics(eval_path(params, n, "nyud", seed)) for n, seed in runs}
+    rows = []
+    for name, seed in runs:
+        row = metric_row(params, name, results[name, seed], "nyud")
+        row["seed"] = seed
+        row["delta_m_pct"] = table2_delta_m(params, name, seed, results)
+        rows.append(row)
+    columns = [*META_COLUMNS, "seed", *_metric_names(), *TAIL_COLUMNS]
+    return _sorted(pd.DataFrame(rows, columns=columns), ["model", "tasks", "job", "seed"])
+
+
+def _seeds_column(runs: pd.DataFrame, frame: pd.DataFrame, keys: list[str]) -> list[str]:
+    """The seeds behind each row of an aggregated `frame`, as '0+1+2' (like the tasks column)."""
+    seeds = runs.groupby(keys, sort=False)["seed"].agg(lambda s: "+".join(str(int(v)) for v in s))
+    return [seeds[tuple(r) if len(keys) > 1 else r[0]] for r in frame[keys].itertuples(index=False)]
+
+
+def _over_seeds(runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """A long table (one row per job and seed) summarised per job: meta columns, the seeds, each
+    metric's mean, std and count, then the model's size."""
+    meta = [c for c in META_COLUMNS if c != "job"]
+    frame = aggregate(runs, ["job"], metrics, first=[*meta, *COST_COLUMNS])
+    frame["seeds"] = _seeds_column(runs, frame, ["job"])
+    return frame[[*META_COLUMNS, "seeds", *spread_columns(metrics), *COST_COLUMNS]]
+
+
+def table2(params: Params, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Table 2 over seeds: per job the mean, std and count of each metric and of Delta_m, with Delta_m's
+    95 % t-interval over the seeds (`densepred.seeds`); `runs` is `table2_runs(params)` when given."""
+    runs = table2_runs(params) if runs is None else runs
+    frame = _over_seeds(runs, [*_metric_names(), "delta_m_pct"])
+    intervals = [t_interval(list(group["delta_m_pct"])) for _, group in runs.groupby("job", sort=False)]
+    by_job = dict(zip(runs["job"].drop_duplicates(), intervals))
+    position = frame.columns.get_loc("delta_m_pct_n") + 1
+    for i, column in enumerate(DELTA_M_CI):
+        frame.insert(position + i, column, [by_job[j][i] for j in frame["job"]])
+    frame = _sorted(frame, ["model", "tasks", "job"])
     return frame if params.synth is not None else _with_reported(frame, reported_table2)
 
 
 def table3(params: Params) -> pd.DataFrame:
-    """Taskonomy test results of the pretrained checkpoints (PolyMaX Table 3)."""
+    """Taskonomy test results of the pretrained checkpoints (PolyMaX Table 3), over seeds."""
     names = [
         n
         for n, j in params.jobs.items()
         if "table3" in j.tables and j.pretrain is not None and j.pretrain.dataset == "taskonomy"
     ]
-    rows = [
-        metric_row(params, n, read_metrics(eval_path(params, n, "taskonomy")), "taskonomy") for n in names
-    ]
-    columns = META_COLUMNS + [c for c, _, _ in METRIC_COLUMNS] + ["params_m", "gflops"]
-    frame = pd.DataFrame(rows, columns=columns)
-    frame = frame.sort_values(["model", "tasks", "job"], kind="stable").reset_index(drop=True)
+    rows = []
+    for name in names:
+        for seed in params.job_seeds(name):
+            result = read_metrics(eval_path(params, name, "taskonomy", seed))
+            rows.append({**metric_row(params, name, result, "taskonomy"), "seed": seed})
+    runs = pd.DataFrame(rows, columns=[*META_COLUMNS, "seed", *_metric_names(), *COST_COLUMNS])
+    frame = _sorted(_over_seeds(runs, _metric_names()), ["model", "tasks", "job"])
     return frame if params.synth is not None else _with_reported(frame, reported_table3)
 
 
-def figure7(params: Params) -> pd.DataFrame:
-    """NYUD-v2 metrics per Taskonomy pretraining fraction for the Fig. 7 jobs."""
+def figure7_runs(params: Params) -> pd.DataFrame:
+    """NYUD-v2 metrics per Taskonomy pretraining fraction and seed for the Fig. 7 jobs."""
     if params.figure7 is None:
         raise ValueError(f"profile {params.profile!r} has no `figure7:` section")
     rows = []
     for name in params.figure7.jobs:
         for fraction in params.figure7.fractions:
-            result = read_metrics(figure7_eval_path(params, name, fraction))
-            row = metric_row(params, name, result, "nyud")
-            row["taskonomy_fraction"] = fraction
-            rows.append(row)
-    frame = pd.DataFrame(rows)
-    keep = ["job", "model", "backbone", "tasks", "taskonomy_fraction"] + [
-        c for c, _, _ in METRIC_COLUMNS if frame[c].notna().any()
-    ]
-    return frame[keep].sort_values(["job", "taskonomy_fraction"], kind="stable").reset_index(drop=True)
+            for seed in params.job_seeds(name):
+                result = read_metrics(figure7_eval_path(params, name, fraction, seed))
+                row = metric_row(params, name, result, "nyud")
+                rows.append({**row, "taskonomy_fraction": fraction, "seed": seed})
+    return pd.DataFrame(rows)
+
+
+def figure7(params: Params) -> pd.DataFrame:
+    """Fig. 7 over seeds: per job and fraction, the mean, std and count of each metric the jobs have."""
+    runs = figure7_runs(params)
+    metrics = [c for c in _metric_names() if runs[c].notna().any()]
+    keys = ["job", "taskonomy_fraction"]
+    frame = aggregate(runs, keys, metrics, first=["model", "backbone", "tasks"])
+    frame = frame[["job", "model", "backbone", "tasks", "taskonomy_fraction", *spread_columns(metrics)]]
+    return _sorted(frame, keys)
 
 
 def figure7_rms(frame: pd.DataFrame) -> pd.DataFrame:
-    """Fig. 7's depth RMS in wide form, one column per job (the DVC plot `figure7` draws one line per
+    """Fig. 7's (mean) depth RMS in wide form, one column per job (the DVC plot `figure7` draws one line per
     column against `taskonomy_fraction`)."""
     depth = frame[frame["depth_rms"].notna()] if "depth_rms" in frame else frame.iloc[0:0]
     wide = depth.pivot(index="taskonomy_fraction", columns="job", values="depth_rms")
@@ -198,7 +264,9 @@ def figure7_rms(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_figure7(frame: pd.DataFrame, path: Path) -> None:
-    """One panel per task metric (mIoU, depth RMS, normals mean), one line per model (Fig. 7 style)."""
+    """One panel per task metric (mIoU, depth RMS, normals mean), one line per model (Fig. 7 style):
+    the mean over seeds, with error bars of one sample standard deviation where a point has several
+    seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -211,7 +279,12 @@ def plot_figure7(frame: pd.DataFrame, path: Path) -> None:
         for _, group in frame.groupby("job", sort=True):
             if group[column].notna().any():
                 label = f"{group['model'].iloc[0]} ({group['backbone'].iloc[0]})"
-                ax.plot(100 * group["taskonomy_fraction"], group[column], marker="o", label=label)
+                x = 100 * group["taskonomy_fraction"]
+                std = group.get(f"{column}_std")
+                if std is not None and std.notna().any():
+                    ax.errorbar(x, group[column], yerr=std.fillna(0.0), marker="o", capsize=3, label=label)
+                else:
+                    ax.plot(x, group[column], marker="o", label=label)
         ax.set_xlabel("Taskonomy data in pretraining (%)")
         ax.set_ylabel(column)
         ax.grid(alpha=0.3)
@@ -228,12 +301,59 @@ def copy_figure8(params: Params, path: Path) -> None:
     job = figure8_job(params)
     if job is None:
         raise ValueError(f"profile {params.profile!r} has no PolyMaX depth job for the Fig. 8 maps")
-    folder = Path(figures_dir(eval_path(params, job, "nyud")))
+    folder = Path(figures_dir(eval_path(params, job, "nyud", params.job_seeds(job)[0])))
     candidates = sorted(folder.glob("*cluster*.png")) if folder.is_dir() else []
     if not candidates:
         raise FileNotFoundError(f"no cluster probability-map figure under {folder}")
     with atomic_path(path) as tmp:
         shutil.copyfile(candidates[0], tmp)
+
+
+def seed_values(params: Params, job: str, column: str, dataset: str = "nyud") -> dict[int, float]:
+    """Seed -> the value of table column `column` (a metric column, or `delta_m_pct` on NYUD-v2) of
+    `job`'s evaluation of that seed on `dataset`."""
+    keys = {c: k for c, k, _ in METRIC_COLUMNS}
+    if column == "delta_m_pct":
+        if dataset != "nyud":
+            raise ValueError("delta_m_pct is defined on nyud only (table 2)")
+        results: dict[tuple[str, int], dict[str, Any]] = {}
+        values = {}
+        for seed in params.job_seeds(job):
+            results[job, seed] = read_metrics(eval_path(params, job, dataset, seed))
+            values[seed] = table2_delta_m(params, job, seed, results)
+        return values
+    if column not in keys:
+        raise ValueError(f"no table column {column!r}; columns: {[*keys, 'delta_m_pct']}")
+    return {
+        seed: float(read_metrics(eval_path(params, job, dataset, seed)).get(keys[column], math.nan))
+        for seed in params.job_seeds(job)
+    }
+
+
+def compare(params: Params, a: str, b: str, column: str, dataset: str = "nyud", alpha: float = 0.05) -> str:
+    """Whether jobs `a` and `b` differ on `column` beyond seed noise: Welch's t-test over their
+    per-seed values (`densepred.seeds.welch`), in words. With fewer than two seeds of either job the
+    seed noise cannot be estimated, and the answer says so."""
+    values = {job: seed_values(params, job, column, dataset) for job in (a, b)}
+    lines = [f"{column} on {dataset}, over seeds:"]
+    for job, by_seed in values.items():
+        s = spread(list(by_seed.values()))
+        seeds = "+".join(str(k) for k in by_seed)
+        lines.append(f"  {job}: mean {s.mean:.4f}, std {s.std:.4f}, n {s.n} (seeds {seeds})")
+    result = welch(list(values[a].values()), list(values[b].values()))
+    if result is None:
+        lines.append(
+            "cannot tell: Welch's t-test needs at least two seeds of each job with the metric "
+            "(set `seeds:` or `jobs.<job>.seeds` to two or more seeds and rerun)"
+        )
+        return "\n".join(lines)
+    verdict = (
+        f"they differ beyond seed noise (p < {alpha:g})"
+        if result.differ(alpha)
+        else f"no difference beyond seed noise (p >= {alpha:g})"
+    )
+    lines.append(f"Welch's t-test: t = {result.t:.3f}, df = {result.df:.1f}, p = {result.p:.4f}: {verdict}")
+    return "\n".join(lines)
 
 
 def write_tables(params: Params, out: Path, runs: Path | None = None, only: str | None = None) -> list[Path]:
@@ -244,8 +364,11 @@ def write_tables(params: Params, out: Path, runs: Path | None = None, only: str 
     written: list[Path] = []
     wanted = {only} if only else {"table2", "table3", "figure7", "ablations"}
     if "table2" in wanted:
-        _write_csv(table2(params), out / "table2.csv")
-        written.append(out / "table2.csv")
+        runs_frame = table2_runs(params)
+        runs_csv = Path(table_runs_path(params, "table2")).name
+        _write_csv(table2(params, runs_frame), out / "table2.csv")
+        _write_csv(runs_frame, out / runs_csv)
+        written += [out / "table2.csv", out / runs_csv]
     if "table3" in wanted:
         _write_csv(table3(params), out / "table3.csv")
         written.append(out / "table3.csv")

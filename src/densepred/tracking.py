@@ -173,7 +173,7 @@ class RunSubject:
 
 
 def run_tags(subject: RunSubject, kind: str) -> dict[str, str]:
-    """The tags of a run: git commit, profile, job, stage, model, tasks, backbone, kind."""
+    """The tags of a run: git commit, profile, job, stage, model, tasks, backbone, kind, seed."""
     cfg = subject.job_cfg
     return {
         "git_commit": git_commit(),
@@ -184,6 +184,7 @@ def run_tags(subject: RunSubject, kind: str) -> dict[str, str]:
         "model": cfg.model.name,
         "tasks": ",".join(cfg.tasks),
         "backbone": cfg.model.backbone,
+        "seed": str(subject.seed),
     }
 
 
