@@ -7,6 +7,7 @@ cores), hence the slow mark.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -233,3 +234,209 @@ def test_real_smoke_sweep_end_to_end(tmp_path, smoke_tree, monkeypatch):
         assert run.data.params["override.model.num_clusters"] == variant.rsplit("_", 1)[1]
         expected = summary.set_index("variant").loc[variant, "depth_eigen/rms"]
         assert run.data.metrics["depth_eigen/rms"] == pytest.approx(expected, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- a real Ray cluster
+
+CLUSTER_SCRIPT = """
+import sys
+from pathlib import Path
+from densepred.config import load_params
+from densepred.tune import run_sweep
+
+root = Path(sys.argv[1])
+
+def trial(params, job, out):
+    import ray
+    return {"depth_eigen/rms": 1.0 / params.jobs[job].model.num_clusters, "node": 1.0}
+
+run_sweep(load_params(root / "p.yaml"), "k", root / "sweep", trial_fn=trial)
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _session_processes(temp_dir: Path) -> dict[int, str]:
+    """The processes of the Ray sessions under `temp_dir` (a private RAY_TMPDIR)."""
+    found = {}
+    for session in temp_dir.glob("ray/session_2*"):
+        found.update(tune._ray_processes(str(session)))
+    return found
+
+
+def _kill_all(temp_dir: Path) -> None:
+    for pid in _session_processes(temp_dir):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def ray_tmp():
+    """A private, short Ray temp dir (unix socket paths are limited to ~107 characters); every Ray
+    process of its sessions is killed by PID afterwards (never `ray stop`: other users' Ray)."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    yield folder
+    _kill_all(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _env(ray_tmp: Path, **extra: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "DENSEPRED_TRACKING": "off",
+        "PYTHONPATH": str(ROOT / "src"),
+        "RAY_TMPDIR": str(ray_tmp),
+    }
+    env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_AUTH_MODE", None)
+    env.update(extra)
+    return env
+
+
+def _k_sweep(smoke_tree, tmp_path: Path) -> Path:
+    smoke_tree["sweeps"] = {
+        "k": {"job": "polymax_depth", "table": "ablation_k", "grid": {"model.num_clusters": [8, 16]}}
+    }
+    return write_params(smoke_tree, tmp_path / "p.yaml")
+
+
+def test_sweep_on_a_ray_cluster_with_token_auth(tmp_path, smoke_tree, ray_tmp):
+    """`ray start --head` with token authentication; the sweep joins it through RAY_ADDRESS alone
+    (RAY_AUTH_MODE unset: the driver switches to token auth since the token is at hand)."""
+    _k_sweep(smoke_tree, tmp_path)
+    (tmp_path / "script.py").write_text(textwrap.dedent(CLUSTER_SCRIPT))
+    port = _free_port()
+    ray = str(Path(sys.executable).with_name("ray"))
+    head_env = _env(ray_tmp, RAY_AUTH_MODE="token")
+    started = subprocess.run(
+        [
+            *(ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2"),
+            *("--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={ray_tmp / 'ray'}"),
+        ],
+        env=head_env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert started.returncode == 0, started.stdout + started.stderr
+    head = _session_processes(ray_tmp)
+    assert head, "ray start --head left no processes under its temp dir"
+
+    done = subprocess.run(
+        [sys.executable, str(tmp_path / "script.py"), str(tmp_path)],
+        env=_env(ray_tmp, RAY_ADDRESS=f"127.0.0.1:{port}"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    summary = pd.read_csv(tmp_path / "sweep" / "summary.csv")
+    assert list(summary["status"]) == ["ok", "ok"]
+    assert list(summary["depth_eigen/rms"]) == pytest.approx([1 / 8, 1 / 16])
+    assert not (tmp_path / "sweep" / tune.LOCAL_RAY_FILE).exists()  # joined, not started locally
+    assert set(head) <= set(_session_processes(ray_tmp))  # the cluster is left running
+
+
+def _cli_tune(tmp_path: Path, ray_tmp: Path, **env: str) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.monotonic()
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "densepred.cli", "tune", "--params", str(tmp_path / "p.yaml")),
+            *("--sweep", "k", "--out", str(tmp_path / "sweep")),
+        ],
+        env=_env(ray_tmp, **env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return done, time.monotonic() - start
+
+
+def test_unreachable_or_stale_ray_address_is_one_line_within_60_s(tmp_path, smoke_tree, ray_tmp):
+    from mlflow import MlflowClient
+
+    _k_sweep(smoke_tree, tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking = {"DENSEPRED_TRACKING": "on", "MLFLOW_TRACKING_URI": uri}
+    port = _free_port()  # nothing listens there
+    (ray_tmp / "ray").mkdir()
+    (ray_tmp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{port}")  # stale: `ray start` gone
+    for address in (f"127.0.0.1:{port}", "auto"):
+        done, seconds = _cli_tune(tmp_path, ray_tmp, RAY_ADDRESS=address, **tracking)
+        print(f"\nRAY_ADDRESS={address}: exit {done.returncode} after {seconds:.1f} s: {done.stderr.strip()}")
+        assert done.returncode == 2, done.stderr[-3000:]
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in done.stderr
+        assert lines[0].startswith("densepred tune: error: cannot reach the Ray cluster at")
+        assert seconds < 60
+    if (tmp_path / "mlflow.db").exists():  # the sweep's run is opened only once Ray is up
+        client = MlflowClient(tracking_uri=uri)
+        experiment = client.get_experiment_by_name(smoke_tree["tracking"]["experiment"])
+        assert experiment is None or not client.search_runs([experiment.experiment_id])
+
+
+KILL_SCRIPT = """
+import sys, time
+from pathlib import Path
+from densepred.config import load_params
+from densepred.tune import run_sweep
+
+root = Path(sys.argv[1])
+
+def trial(params, job, out):
+    (root / "markers").mkdir(exist_ok=True)
+    (root / "markers" / out.name).touch()
+    while not (root / "release").exists():
+        time.sleep(0.1)
+    return {"depth_eigen/rms": 1.0}
+
+run_sweep(load_params(root / "p.yaml"), "k", root / "sweep", trial_fn=trial, num_cpus=2)
+"""
+
+
+def test_killed_sweep_driver_leaves_no_ray_processes(tmp_path, smoke_tree, ray_tmp):
+    """SIGKILL of the driver alone (not its process group): the local Ray's processes go with it or,
+    failing that, the next sweep on the folder stops them; a stale address file changes nothing."""
+    _k_sweep(smoke_tree, tmp_path)
+    (tmp_path / "script.py").write_text(textwrap.dedent(KILL_SCRIPT))
+    (ray_tmp / "ray").mkdir()
+    (ray_tmp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{_free_port()}")  # stale
+    with open(tmp_path / "log.txt", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(tmp_path / "script.py"), str(tmp_path)],
+            env=_env(ray_tmp),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    _wait_for(
+        lambda: (tmp_path / "markers").is_dir() and any((tmp_path / "markers").iterdir()), proc, tmp_path
+    )
+    running = _session_processes(ray_tmp)
+    assert running and (tmp_path / "sweep" / tune.LOCAL_RAY_FILE).is_file()
+    proc.send_signal(signal.SIGKILL)  # the driver only
+    proc.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while _session_processes(ray_tmp) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = _session_processes(ray_tmp)
+    print(
+        f"\n{len(running)} Ray processes before the kill; {len(left)} left 30 s after: "
+        f"{sorted(left.values())}"
+    )
+    if left:  # the next sweep on this folder stops them before it starts its own Ray
+        reaped = tune.reap_local_ray(tmp_path / "sweep" / tune.LOCAL_RAY_FILE)
+        assert set(left) <= set(reaped)
+        deadline = time.monotonic() + 10
+        while _session_processes(ray_tmp) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert not _session_processes(ray_tmp)

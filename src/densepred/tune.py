@@ -64,6 +64,8 @@ import logging
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -371,6 +373,7 @@ def ray_session(num_cpus: int, env: Mapping[str, str], out: Path | None = None) 
     }
     address = os.environ.get("RAY_ADDRESS", "").strip()
     record = Path(out) / LOCAL_RAY_FILE if out is not None else None
+    watchdog: subprocess.Popen | None = None
     if address and address != "local":
         _join(address, common)
     else:
@@ -384,11 +387,14 @@ def ray_session(num_cpus: int, env: Mapping[str, str], out: Path | None = None) 
             **common,
         )
         if record is not None:
-            _record_local_ray(record)
+            watchdog = _record_local_ray(record)
     try:
         yield
     finally:
         ray.shutdown()
+        if watchdog is not None:
+            watchdog.kill()
+            watchdog.wait()
         if record is not None:
             record.unlink(missing_ok=True)
 
@@ -411,8 +417,11 @@ def _probe(address: str) -> None:
     """Raise RayClusterError unless `host:port` of `address` (also `ray://host:port`, `auto`)
     accepts a TCP connection; Ray itself would wait minutes for an unreachable cluster."""
     target = address.split("://", 1)[-1]
+    where = f"RAY_ADDRESS={address}"
     if target == "auto":
         target = _recorded_address() or ""
+        recorded = _ray_temp_dir() / "ray_current_cluster"
+        where = f"{target} (RAY_ADDRESS=auto, read from {recorded}: stale if that cluster is gone)"
         if not target:
             raise RayClusterError(
                 f"RAY_ADDRESS=auto but no running Ray cluster is recorded in {_ray_temp_dir()}; "
@@ -426,13 +435,14 @@ def _probe(address: str) -> None:
     except OSError as exc:
         why = exc.strerror or type(exc).__name__
         raise RayClusterError(
-            f"cannot reach the Ray cluster at RAY_ADDRESS={address} ({why}); start it with "
+            f"cannot reach the Ray cluster at {where} ({why}); start it with "
             f"`ray start --head --port={port}` or unset RAY_ADDRESS to run the sweep on a local Ray"
         ) from None
 
 
 def _ray_temp_dir() -> Path:
-    return Path(os.environ.get("RAY_TMPDIR") or "/tmp/ray")
+    """Ray's temp dir: `$RAY_TMPDIR/ray`, by default /tmp/ray."""
+    return Path(os.environ.get("RAY_TMPDIR") or "/tmp") / "ray"
 
 
 def _recorded_address() -> str | None:
@@ -477,35 +487,70 @@ def _ray_error_line(address: str, exc: BaseException) -> str:
 
 
 def _ray_processes(session_dir: str) -> dict[int, str]:
-    """PIDs (and command lines) of the processes of the Ray session in `session_dir`."""
+    """PIDs (and names) of the processes of the Ray session in `session_dir`: those naming it on their
+    command line (gcs_server, raylet) or holding a file of it open (agents and workers, whose command
+    line Ray rewrites to `ray::...`, write their logs there)."""
     found: dict[int, str] = {}
     name = Path(session_dir).name
     if not name.startswith("session_"):
         return found
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if name in cmdline or any(name in os.readlink(fd) for fd in (proc / "fd").iterdir()):
+                found[int(proc.name)] = cmdline[:200]
         except OSError:
             continue
-        if name in cmdline:
-            found[int(proc.name)] = cmdline
     return found
 
 
-def _record_local_ray(record: Path) -> None:
-    """List the local Ray's session and driver in `record` (its processes are found by session)."""
+def _kill_session(session_dir: str) -> list[int]:
+    """SIGKILL every process of the Ray session in `session_dir`; returns their PIDs."""
+    pids = sorted(_ray_processes(session_dir))
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
+
+
+def _record_local_ray(record: Path) -> subprocess.Popen:
+    """List the local Ray's session and driver in `record`, and start its watchdog: a process of its
+    own session that stops the Ray processes if the driver dies without shutting Ray down (SIGKILL):
+    Ray ties gcs_server and the raylet to the driver, but the raylet's agents and workers outlive it."""
     import ray
 
     session = ray._private.worker._global_node.get_session_dir_path()
     record.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(record, json.dumps({"session_dir": session, "driver_pid": os.getpid()}) + "\n")
+    code = "import sys; from densepred.tune import watch_driver; watch_driver(int(sys.argv[1]), sys.argv[2])"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(os.getpid()), session],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def watch_driver(driver_pid: int, session_dir: str, poll_s: float = 0.5) -> None:
+    """Wait for the sweep driver `driver_pid` to end; then stop what is left of its Ray session."""
+    while Path(f"/proc/{driver_pid}").exists() and not _is_zombie(driver_pid):
+        time.sleep(poll_s)
+    _kill_session(session_dir)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def reap_local_ray(record: Path) -> list[int]:
     """Stop the processes of a local Ray left by a sweep driver that was killed (its `record` is
-    still there and the driver is gone); returns their PIDs."""
+    still there and the driver is gone; the watchdog normally did it already); returns their PIDs."""
     if not record.is_file():
         return []
     try:
@@ -514,12 +559,9 @@ def reap_local_ray(record: Path) -> list[int]:
         record.unlink(missing_ok=True)
         return []
     driver = int(info.get("driver_pid") or 0)
-    if driver and Path(f"/proc/{driver}").exists() and driver != os.getpid():
+    if driver and driver != os.getpid() and Path(f"/proc/{driver}").exists() and not _is_zombie(driver):
         return []  # that sweep is still running
-    pids = sorted(_ray_processes(str(info.get("session_dir") or "")))
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
+    pids = _kill_session(str(info.get("session_dir") or ""))
     if pids:
         print(f"[tune] stopped {len(pids)} leftover processes of a killed sweep's Ray", flush=True)
     record.unlink(missing_ok=True)
