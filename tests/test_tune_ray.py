@@ -188,52 +188,104 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, s
 
 
 @pytest.mark.filterwarnings("ignore:prepare taskonomy. skipped")  # synth plants corrupt files on purpose
-def test_real_smoke_sweep_end_to_end(tmp_path, smoke_tree, monkeypatch):
-    """Two PolyMaX K settings: synth -> prepare -> pretrain -> finetune -> evaluate, a few steps each;
-    MLflow gets a sweep-level parent run and one child run per trial."""
+def test_real_smoke_pipeline_and_sweep_make_comparable_mlflow_runs(tmp_path, smoke_tree, monkeypatch):
+    """Through the CLI: synth -> prepare; train (finetune) + evaluate two jobs; one sweep of two
+    PolyMaX K settings (pretrain -> finetune -> evaluate, a few steps each) whose `base` is set with
+    `--set sweeps.k.base...`. The MLflow check of issue 19: the top-level runs are exactly the stage
+    executions (4 pipeline runs + 1 sweep), the trials' stage runs are nested under their trial run
+    and tagged, and no run holds a metric step twice."""
     pytest.importorskip("densepred.engine.train")
+    from mlflow import MlflowClient
+
     from densepred.cli import main
 
     monkeypatch.setenv("DENSEPRED_TRACKING", "on")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)  # relative data paths of the profile land in tmp_path
     smoke_tree["synth"]["nyud"].update(num_images=16, num_test=6)
     smoke_tree["synth"]["taskonomy"].update(buildings=3, views_per_building=8, size=64)
     smoke_tree["datasets"]["taskonomy"]["max_bad_fraction"] = 0.5  # synth plants a few corrupt files
-    job = smoke_tree["jobs"]["polymax_depth"]
-    for stage in ("pretrain", "finetune"):
-        job[stage] = {**job[stage], "iterations": 3, "batch_size": 2, "crop": [64, 64], "checkpoint_every": 2}
-    job["evaluate"] = {**job["evaluate"], "num_qualitative": 0}
+    for name in ("polymax_depth", "deeplab_depth"):
+        job = smoke_tree["jobs"][name]
+        for stage in ("pretrain", "finetune"):
+            job[stage] = {
+                **job[stage],
+                "iterations": 3,
+                "batch_size": 2,
+                "crop": [64, 64],
+                "checkpoint_every": 2,
+            }
+            job[stage]["log_every"] = 1
+        job["evaluate"] = {**job["evaluate"], "num_qualitative": 0}
     smoke_tree["sweeps"] = {
-        "k": {"job": "polymax_depth", "table": "ablation_k", "grid": {"model.num_clusters": [4, 8]}}
+        "k": {
+            "job": "polymax_depth",
+            "table": "ablation_k",
+            "base": {"pretrain": {"iterations": 3}, "finetune": {"iterations": 3}},
+            "grid": {"model.num_clusters": [4, 8]},
+        }
     }
-    path = write_params(smoke_tree, tmp_path / "p.yaml")
-    assert main(["synth", "--params", str(path), "--out", "data/smoke/raw"]) == 0
+    path = str(write_params(smoke_tree, tmp_path / "p.yaml"))
+    assert main(["synth", "--params", path, "--out", "data/smoke/raw"]) == 0
     for ds in ("nyud", "taskonomy"):
         src, dst = f"data/smoke/raw/{ds}", f"data/smoke/prepared/{ds}"
-        assert main(["prepare", "--params", str(path), "--dataset", ds, "--src", src, "--out", dst]) == 0
+        assert main(["prepare", "--params", path, "--dataset", ds, "--src", src, "--out", dst]) == 0
+    for name in ("polymax_depth", "deeplab_depth"):
+        out = f"runs/{name}/finetune"
+        assert main(["train", "--params", path, "--job", name, "--stage", "finetune", "--out", out]) == 0
+        ckpt, metrics = f"{out}/final.pt", f"runs/{name}/eval/nyud.json"
+        assert main(["evaluate", "--params", path, "--job", name, "--ckpt", ckpt, "--out", metrics]) == 0
 
-    assert main(["tune", "--params", str(path), "--sweep", "k", "--out", "sweeps/k"]) == 0
+    base = "sweeps.k.base.finetune.iterations=2"  # a sweep's `base` is set like any other key
+    assert main(["tune", "--params", path, "--sweep", "k", "--out", "sweeps/k", "--set", base]) == 0
     summary = pd.read_csv(tmp_path / "sweeps/k/summary.csv")
     assert list(summary["variant"]) == ["num_clusters_4", "num_clusters_8"]
     assert list(summary["status"]) == ["ok", "ok"], summary["error"].tolist()
     assert (summary["depth_eigen/rms"] > 0).all() and (summary["depth_mtl/rms"] > 0).all()
     for variant in summary["variant"]:
-        assert (tmp_path / "sweeps/k/trials" / variant / "finetune/final.pt").is_file()
+        finetune = tmp_path / "sweeps/k/trials" / variant / "finetune"
+        assert (finetune / "final.pt").is_file()
+        assert len((finetune / "train_log.csv").read_text().splitlines()) == 1 + 2  # 2 iterations
     assert "semseg/miou" not in summary  # a depth-only job
 
-    runs = _mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", smoke_tree["tracking"]["experiment"])
-    sweep_runs = [r for r in runs if r.data.tags["kind"] == "sweep"]
-    assert len(sweep_runs) == 1 and sweep_runs[0].data.tags["sweep"] == "k"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(smoke_tree["tracking"]["experiment"])
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    top = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    kinds = sorted((r.data.tags["kind"], r.data.tags["job"]) for r in top)
+    assert kinds == [
+        ("evaluate", "deeplab_depth"),
+        ("evaluate", "polymax_depth"),
+        ("sweep", "polymax_depth"),
+        ("train", "deeplab_depth"),
+        ("train", "polymax_depth"),
+    ]
+    assert all(r.data.tags["origin"] == "pipeline" for r in top)
+    for run in runs:
+        assert run.info.status == "FINISHED", run.data.tags
+        for key in run.data.metrics:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert len(steps) == len(set(steps)), (run.info.run_name, key, steps)
+    evaluations = [r for r in top if r.data.tags["kind"] == "evaluate"]
+    assert {r.data.tags["stage"] for r in evaluations} == {"evaluate"}
+
+    (sweep_run,) = [r for r in top if r.data.tags["kind"] == "sweep"]
+    assert sweep_run.data.tags["sweep"] == "k"
     trial_runs = {r.data.tags["variant"]: r for r in runs if r.data.tags["kind"] == "trial"}
     assert sorted(trial_runs) == ["num_clusters_4", "num_clusters_8"]
     for variant, run in trial_runs.items():
-        assert run.data.tags["mlflow.parentRunId"] == sweep_runs[0].info.run_id
+        assert run.data.tags["mlflow.parentRunId"] == sweep_run.info.run_id
         assert run.data.tags["sweep"] == "k" and run.data.tags["table"] == "ablation_k"
-        assert run.info.status == "FINISHED"
         assert run.data.params["override.model.num_clusters"] == variant.rsplit("_", 1)[1]
+        assert run.data.params["override.finetune.iterations"] == "2"
         expected = summary.set_index("variant").loc[variant, "depth_eigen/rms"]
         assert run.data.metrics["depth_eigen/rms"] == pytest.approx(expected, rel=1e-5)
+        stages = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == run.info.run_id]
+        assert sorted(r.data.tags["stage"] for r in stages) == ["evaluate", "finetune", "pretrain"]
+        for stage_run in stages:
+            tags = stage_run.data.tags
+            assert (tags["sweep"], tags["variant"], tags["origin"]) == ("k", variant, "sweep")
 
 
 # ----------------------------------------------------------------------------- a real Ray cluster
