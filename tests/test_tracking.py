@@ -50,10 +50,14 @@ def test_uri_precedence(monkeypatch, tmp_path):
     assert tracking.tracking_uri(relative) == "sqlite:////abs/env.db"
 
 
-def test_artifact_location_is_absolute_next_to_the_db(tmp_path):
+def test_artifact_location_is_relative_to_the_db(tmp_path):
     uri = f"sqlite:///{tmp_path}/m.db"
-    assert tracking.artifact_location(uri, "exp") == (tmp_path / "mlartifacts" / "exp").as_uri()
+    assert tracking.artifact_location(uri, "exp") == "mlartifacts/exp"
     assert tracking.artifact_location("http://host:5000", "exp") is None
+    assert tracking.artifact_root(uri, "mlartifacts/exp/1/artifacts") == str(
+        tmp_path / "mlartifacts/exp/1/artifacts"
+    )
+    assert tracking.artifact_root(uri, "file:///elsewhere/a") == "file:///elsewhere/a"
 
 
 def test_flatten():
@@ -91,11 +95,13 @@ def test_run_records_tags_params_metrics_artifacts_and_status(monkeypatch, tmp_p
     history = client.get_metric_history(run.run_id, "depth/silog")
     assert [(m.step, m.value) for m in history] == [(10, 0.05), (20, 0.025)]
     assert "nan" not in info.data.metrics
+    db_dir = tracking.sqlite_path(uri).parent
+    monkeypatch.chdir(db_dir)  # relative artifact locations resolve against the db's folder (mlflow ui's cwd)
     artifacts = [a.path for a in client.list_artifacts(run.run_id)]
     assert artifacts == ["config.yaml"]
     location = client.get_experiment_by_name(params.tracking.experiment).artifact_location
-    db_dir = tracking.sqlite_path(uri).parent
-    assert location == (db_dir / "mlartifacts" / "records").as_uri()
+    assert location == "mlartifacts/records"
+    assert (db_dir / "mlartifacts" / "records" / run.run_id / "artifacts" / "config.yaml").is_file()
 
 
 def test_failure_marks_run_failed_and_reopen_continues_it(monkeypatch, shared_uri):
@@ -112,6 +118,7 @@ def test_failure_marks_run_failed_and_reopen_continues_it(monkeypatch, shared_ur
     client = client_for(uri)
     assert client.get_run(run.run_id).info.status == "FAILED"
     with tracking.start_run(subject(params, "pretrain"), "train", run_id=run.run_id) as again:
+        again.log_metrics({"loss": 0.9}, step=1)  # a step the run holds already: not logged twice
         again.log_metrics({"loss": 0.5}, step=2)
     assert again.run_id == run.run_id
     assert client.get_run(run.run_id).info.status == "FINISHED"
@@ -125,6 +132,7 @@ STEPS = 25
 
 
 def _writer(uri: str, index: int, artifact_dir: str, barrier) -> str:
+    os.chdir(Path(uri.removeprefix("sqlite:///")).parent)
     os.environ["DENSEPRED_TRACKING"] = "on"
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     params = params_for(uri)
@@ -139,7 +147,8 @@ def _writer(uri: str, index: int, artifact_dir: str, barrier) -> str:
 
 
 @pytest.mark.slow
-def test_four_parallel_writers_lose_nothing(tmp_path):
+def test_four_parallel_writers_lose_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/parallel.db"
     ctx = mp.get_context("spawn")
     barrier = ctx.Manager().Barrier(4)

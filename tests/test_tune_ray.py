@@ -7,6 +7,7 @@ cores), hence the slow mark.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -187,49 +188,307 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, s
 
 
 @pytest.mark.filterwarnings("ignore:prepare taskonomy. skipped")  # synth plants corrupt files on purpose
-def test_real_smoke_sweep_end_to_end(tmp_path, smoke_tree, monkeypatch):
-    """Two PolyMaX K settings: synth -> prepare -> pretrain -> finetune -> evaluate, a few steps each;
-    MLflow gets a sweep-level parent run and one child run per trial."""
+def test_real_smoke_pipeline_and_sweep_make_comparable_mlflow_runs(tmp_path, smoke_tree, monkeypatch):
+    """Through the CLI: synth -> prepare; train (finetune) + evaluate two jobs; one sweep of two
+    PolyMaX K settings (pretrain -> finetune -> evaluate, a few steps each) whose `base` is set with
+    `--set sweeps.k.base...`. The MLflow check of issue 19: the top-level runs are exactly the stage
+    executions (4 pipeline runs + 1 sweep), the trials' stage runs are nested under their trial run
+    and tagged, and no run holds a metric step twice."""
     pytest.importorskip("densepred.engine.train")
+    from mlflow import MlflowClient
+
     from densepred.cli import main
 
     monkeypatch.setenv("DENSEPRED_TRACKING", "on")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)  # relative data paths of the profile land in tmp_path
     smoke_tree["synth"]["nyud"].update(num_images=16, num_test=6)
     smoke_tree["synth"]["taskonomy"].update(buildings=3, views_per_building=8, size=64)
     smoke_tree["datasets"]["taskonomy"]["max_bad_fraction"] = 0.5  # synth plants a few corrupt files
-    job = smoke_tree["jobs"]["polymax_depth"]
-    for stage in ("pretrain", "finetune"):
-        job[stage] = {**job[stage], "iterations": 3, "batch_size": 2, "crop": [64, 64], "checkpoint_every": 2}
-    job["evaluate"] = {**job["evaluate"], "num_qualitative": 0}
+    for name in ("polymax_depth", "deeplab_depth"):
+        job = smoke_tree["jobs"][name]
+        for stage in ("pretrain", "finetune"):
+            job[stage] = {
+                **job[stage],
+                "iterations": 3,
+                "batch_size": 2,
+                "crop": [64, 64],
+                "checkpoint_every": 2,
+            }
+            job[stage]["log_every"] = 1
+        job["evaluate"] = {**job["evaluate"], "num_qualitative": 0}
     smoke_tree["sweeps"] = {
-        "k": {"job": "polymax_depth", "table": "ablation_k", "grid": {"model.num_clusters": [4, 8]}}
+        "k": {
+            "job": "polymax_depth",
+            "table": "ablation_k",
+            "base": {"pretrain": {"iterations": 3}, "finetune": {"iterations": 3}},
+            "grid": {"model.num_clusters": [4, 8]},
+        }
     }
-    path = write_params(smoke_tree, tmp_path / "p.yaml")
-    assert main(["synth", "--params", str(path), "--out", "data/smoke/raw"]) == 0
+    path = str(write_params(smoke_tree, tmp_path / "p.yaml"))
+    assert main(["synth", "--params", path, "--out", "data/smoke/raw"]) == 0
     for ds in ("nyud", "taskonomy"):
         src, dst = f"data/smoke/raw/{ds}", f"data/smoke/prepared/{ds}"
-        assert main(["prepare", "--params", str(path), "--dataset", ds, "--src", src, "--out", dst]) == 0
+        assert main(["prepare", "--params", path, "--dataset", ds, "--src", src, "--out", dst]) == 0
+    for name in ("polymax_depth", "deeplab_depth"):
+        out = f"runs/{name}/finetune"
+        assert main(["train", "--params", path, "--job", name, "--stage", "finetune", "--out", out]) == 0
+        ckpt, metrics = f"{out}/final.pt", f"runs/{name}/eval/nyud.json"
+        assert main(["evaluate", "--params", path, "--job", name, "--ckpt", ckpt, "--out", metrics]) == 0
 
-    assert main(["tune", "--params", str(path), "--sweep", "k", "--out", "sweeps/k"]) == 0
+    base = "sweeps.k.base.finetune.iterations=2"  # a sweep's `base` is set like any other key
+    assert main(["tune", "--params", path, "--sweep", "k", "--out", "sweeps/k", "--set", base]) == 0
     summary = pd.read_csv(tmp_path / "sweeps/k/summary.csv")
     assert list(summary["variant"]) == ["num_clusters_4", "num_clusters_8"]
     assert list(summary["status"]) == ["ok", "ok"], summary["error"].tolist()
     assert (summary["depth_eigen/rms"] > 0).all() and (summary["depth_mtl/rms"] > 0).all()
     for variant in summary["variant"]:
-        assert (tmp_path / "sweeps/k/trials" / variant / "finetune/final.pt").is_file()
+        finetune = tmp_path / "sweeps/k/trials" / variant / "finetune"
+        assert (finetune / "final.pt").is_file()
+        assert len((finetune / "train_log.csv").read_text().splitlines()) == 1 + 2  # 2 iterations
     assert "semseg/miou" not in summary  # a depth-only job
 
-    runs = _mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", smoke_tree["tracking"]["experiment"])
-    sweep_runs = [r for r in runs if r.data.tags["kind"] == "sweep"]
-    assert len(sweep_runs) == 1 and sweep_runs[0].data.tags["sweep"] == "k"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(smoke_tree["tracking"]["experiment"])
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    top = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    kinds = sorted((r.data.tags["kind"], r.data.tags["job"]) for r in top)
+    assert kinds == [
+        ("evaluate", "deeplab_depth"),
+        ("evaluate", "polymax_depth"),
+        ("sweep", "polymax_depth"),
+        ("train", "deeplab_depth"),
+        ("train", "polymax_depth"),
+    ]
+    assert all(r.data.tags["origin"] == "pipeline" for r in top)
+    for run in runs:
+        assert run.info.status == "FINISHED", run.data.tags
+        for key in run.data.metrics:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert len(steps) == len(set(steps)), (run.info.run_name, key, steps)
+    evaluations = [r for r in top if r.data.tags["kind"] == "evaluate"]
+    assert {r.data.tags["stage"] for r in evaluations} == {"evaluate"}
+
+    (sweep_run,) = [r for r in top if r.data.tags["kind"] == "sweep"]
+    assert sweep_run.data.tags["sweep"] == "k"
     trial_runs = {r.data.tags["variant"]: r for r in runs if r.data.tags["kind"] == "trial"}
     assert sorted(trial_runs) == ["num_clusters_4", "num_clusters_8"]
     for variant, run in trial_runs.items():
-        assert run.data.tags["mlflow.parentRunId"] == sweep_runs[0].info.run_id
+        assert run.data.tags["mlflow.parentRunId"] == sweep_run.info.run_id
         assert run.data.tags["sweep"] == "k" and run.data.tags["table"] == "ablation_k"
-        assert run.info.status == "FINISHED"
         assert run.data.params["override.model.num_clusters"] == variant.rsplit("_", 1)[1]
+        assert run.data.params["override.finetune.iterations"] == "2"
         expected = summary.set_index("variant").loc[variant, "depth_eigen/rms"]
         assert run.data.metrics["depth_eigen/rms"] == pytest.approx(expected, rel=1e-5)
+        stages = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == run.info.run_id]
+        assert sorted(r.data.tags["stage"] for r in stages) == ["evaluate", "finetune", "pretrain"]
+        for stage_run in stages:
+            tags = stage_run.data.tags
+            assert (tags["sweep"], tags["variant"], tags["origin"]) == ("k", variant, "sweep")
+
+
+# ----------------------------------------------------------------------------- a real Ray cluster
+
+CLUSTER_SCRIPT = """
+import sys
+from pathlib import Path
+from densepred.config import load_params
+from densepred.tune import run_sweep
+
+root = Path(sys.argv[1])
+
+def trial(params, job, out):
+    import ray
+    return {"depth_eigen/rms": 1.0 / params.jobs[job].model.num_clusters, "node": 1.0}
+
+run_sweep(load_params(root / "p.yaml"), "k", root / "sweep", trial_fn=trial)
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _session_processes(temp_dir: Path) -> dict[int, str]:
+    """The processes of the Ray sessions under `temp_dir` (a private RAY_TMPDIR)."""
+    found = {}
+    for session in temp_dir.glob("ray/session_2*"):
+        found.update(tune._ray_processes(str(session)))
+    return found
+
+
+def _kill_all(temp_dir: Path) -> None:
+    for pid in _session_processes(temp_dir):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def ray_tmp():
+    """A private, short Ray temp dir (unix socket paths are limited to ~107 characters); every Ray
+    process of its sessions is killed by PID afterwards (never `ray stop`: other users' Ray)."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    yield folder
+    _kill_all(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _env(ray_tmp: Path, **extra: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "DENSEPRED_TRACKING": "off",
+        "PYTHONPATH": str(ROOT / "src"),
+        "RAY_TMPDIR": str(ray_tmp),
+    }
+    env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_AUTH_MODE", None)
+    env.update(extra)
+    return env
+
+
+def _k_sweep(smoke_tree, tmp_path: Path) -> Path:
+    smoke_tree["sweeps"] = {
+        "k": {"job": "polymax_depth", "table": "ablation_k", "grid": {"model.num_clusters": [8, 16]}}
+    }
+    return write_params(smoke_tree, tmp_path / "p.yaml")
+
+
+def test_sweep_on_a_ray_cluster_with_token_auth(tmp_path, smoke_tree, ray_tmp):
+    """`ray start --head` with token authentication; the sweep joins it through RAY_ADDRESS alone
+    (RAY_AUTH_MODE unset: the driver switches to token auth since the token is at hand)."""
+    _k_sweep(smoke_tree, tmp_path)
+    (tmp_path / "script.py").write_text(textwrap.dedent(CLUSTER_SCRIPT))
+    port = _free_port()
+    ray = str(Path(sys.executable).with_name("ray"))
+    head_env = _env(ray_tmp, RAY_AUTH_MODE="token")
+    started = subprocess.run(
+        [
+            *(ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2"),
+            *("--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={ray_tmp / 'ray'}"),
+        ],
+        env=head_env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert started.returncode == 0, started.stdout + started.stderr
+    head = _session_processes(ray_tmp)
+    assert head, "ray start --head left no processes under its temp dir"
+
+    done = subprocess.run(
+        [sys.executable, str(tmp_path / "script.py"), str(tmp_path)],
+        env=_env(ray_tmp, RAY_ADDRESS=f"127.0.0.1:{port}"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    summary = pd.read_csv(tmp_path / "sweep" / "summary.csv")
+    assert list(summary["status"]) == ["ok", "ok"]
+    assert list(summary["depth_eigen/rms"]) == pytest.approx([1 / 8, 1 / 16])
+    assert not (tmp_path / "sweep" / tune.LOCAL_RAY_FILE).exists()  # joined, not started locally
+    assert set(head) <= set(_session_processes(ray_tmp))  # the cluster is left running
+
+
+def _cli_tune(tmp_path: Path, ray_tmp: Path, **env: str) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.monotonic()
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "densepred.cli", "tune", "--params", str(tmp_path / "p.yaml")),
+            *("--sweep", "k", "--out", str(tmp_path / "sweep")),
+        ],
+        env=_env(ray_tmp, **env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return done, time.monotonic() - start
+
+
+def test_unreachable_or_stale_ray_address_is_one_line_within_60_s(tmp_path, smoke_tree, ray_tmp):
+    from mlflow import MlflowClient
+
+    _k_sweep(smoke_tree, tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking = {"DENSEPRED_TRACKING": "on", "MLFLOW_TRACKING_URI": uri}
+    port = _free_port()  # nothing listens there
+    (ray_tmp / "ray").mkdir()
+    (ray_tmp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{port}")  # stale: `ray start` gone
+    for address in (f"127.0.0.1:{port}", "auto"):
+        done, seconds = _cli_tune(tmp_path, ray_tmp, RAY_ADDRESS=address, **tracking)
+        print(f"\nRAY_ADDRESS={address}: exit {done.returncode} after {seconds:.1f} s: {done.stderr.strip()}")
+        assert done.returncode == 2, done.stderr[-3000:]
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in done.stderr
+        assert lines[0].startswith("densepred tune: error: cannot reach the Ray cluster at")
+        assert seconds < 60
+    if (tmp_path / "mlflow.db").exists():  # the sweep's run is opened only once Ray is up
+        client = MlflowClient(tracking_uri=uri)
+        experiment = client.get_experiment_by_name(smoke_tree["tracking"]["experiment"])
+        assert experiment is None or not client.search_runs([experiment.experiment_id])
+
+
+KILL_SCRIPT = """
+import sys, time
+from pathlib import Path
+from densepred.config import load_params
+from densepred.tune import run_sweep
+
+root = Path(sys.argv[1])
+
+def trial(params, job, out):
+    (root / "markers").mkdir(exist_ok=True)
+    (root / "markers" / out.name).touch()
+    while not (root / "release").exists():
+        time.sleep(0.1)
+    return {"depth_eigen/rms": 1.0}
+
+run_sweep(load_params(root / "p.yaml"), "k", root / "sweep", trial_fn=trial, num_cpus=2)
+"""
+
+
+def test_killed_sweep_driver_leaves_no_ray_processes(tmp_path, smoke_tree, ray_tmp):
+    """SIGKILL of the driver alone (not its process group): the local Ray's processes go with it or,
+    failing that, the next sweep on the folder stops them; a stale address file changes nothing."""
+    _k_sweep(smoke_tree, tmp_path)
+    (tmp_path / "script.py").write_text(textwrap.dedent(KILL_SCRIPT))
+    (ray_tmp / "ray").mkdir()
+    (ray_tmp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{_free_port()}")  # stale
+    with open(tmp_path / "log.txt", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(tmp_path / "script.py"), str(tmp_path)],
+            env=_env(ray_tmp),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    _wait_for(
+        lambda: (tmp_path / "markers").is_dir() and any((tmp_path / "markers").iterdir()), proc, tmp_path
+    )
+    running = _session_processes(ray_tmp)
+    assert running and (tmp_path / "sweep" / tune.LOCAL_RAY_FILE).is_file()
+    proc.send_signal(signal.SIGKILL)  # the driver only
+    proc.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while _session_processes(ray_tmp) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = _session_processes(ray_tmp)
+    print(
+        f"\n{len(running)} Ray processes before the kill; {len(left)} left 30 s after: "
+        f"{sorted(left.values())}"
+    )
+    if left:  # the next sweep on this folder stops them before it starts its own Ray
+        reaped = tune.reap_local_ray(tmp_path / "sweep" / tune.LOCAL_RAY_FILE)
+        assert set(left) <= set(reaped)
+        deadline = time.monotonic() + 10
+        while _session_processes(ray_tmp) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert not _session_processes(ray_tmp)

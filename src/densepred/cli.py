@@ -8,6 +8,7 @@
     densepred tables   --params P --out DIR
     densepred compare  --params P --a JOB --b JOB --metric COLUMN [--dataset D] [--alpha A]
     densepred schema   [--out FILE]
+    densepred sync-tracking [PATH ...]      upload MLflow records kept while the server was down
 
 Every command takes `--set KEY=VALUE` (repeatable) to override one params value.
 
@@ -144,6 +145,24 @@ def cmd_schema(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def cmd_sync_tracking(args: argparse.Namespace) -> None:
+    from densepred.tracking import sync_journals
+
+    total, left = 0, []
+    for root in args.paths:
+        if not Path(root).exists():
+            raise FileNotFoundError(f"no such file or folder: {root}")
+        uploaded, skipped = sync_journals(Path(root))
+        total += uploaded
+        left += skipped
+    for path, why in left:
+        print(f"skipped {path}: {why}")
+    print(
+        f"uploaded {total} MLflow run(s) from {', '.join(args.paths)}"
+        + (f"; {len(left)} left" if left else "")
+    )
+
+
 def _add_common(p: argparse.ArgumentParser, params: bool = True) -> None:
     p.add_argument(
         "--debug", action="store_true", help="on an error, print the full traceback (as DENSEPRED_DEBUG=1)"
@@ -231,6 +250,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("dvc", cmd_dvc, "Write dvc.yaml from the pipeline definition (the Snakefile's stages).")
     _add_common(p)
     p.add_argument("--out", default="dvc.yaml", help="file to write (default dvc.yaml)")
+
+    p = add(
+        "sync-tracking",
+        cmd_sync_tracking,
+        "Upload the MLflow records that runs kept in their folders while the tracking server was "
+        "unreachable (*tracking_pending.jsonl), each exactly once, and remove them.",
+    )
+    _add_common(p, params=False)
+    p.add_argument(
+        "paths", nargs="*", default=["runs"], help="folders (or journal files) to search; default runs"
+    )
 
     p = add("schema", cmd_schema, "Export the params JSON schema (for Snakemake's validate).")
     _add_common(p, params=False)

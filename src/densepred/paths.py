@@ -6,6 +6,8 @@ trainer, the evaluation, the sweeps and the tables all ask this module.
     <runs>/<job>/{pretrain,finetune}/checkpoints/last.pt   its rolling, resumable checkpoint
     <runs>/<job>/{pretrain,finetune}/{config.yaml,train_log.csv,init_report.json,tracking.json}
     <runs>/<job>/eval/<dataset>.json                       evaluation metrics (+ <dataset>_figures/)
+    <folder>/tracking_pending.jsonl, <eval>.tracking_pending.jsonl   MLflow records kept while the
+                                                           tracking server is unreachable
     <runs>/figure7/<job>/frac<pct>/...                     the Fig. 7 data-fraction chains
     <runs>/<job>/seed<k>/...                               seed k of a job that runs several seeds
     <runs>/figure7/<job>/frac<pct>/seed<k>/...             (and of its Fig. 7 chains)
@@ -33,6 +35,7 @@ TRAIN_LOG = "train_log.csv"
 RESOLVED_CONFIG = "config.yaml"
 INIT_REPORT = "init_report.json"
 TRACKING_RECORD = "tracking.json"
+TRACKING_JOURNAL = "tracking_pending.jsonl"
 TRIAL_METRICS = "metrics.json"
 
 
@@ -102,6 +105,29 @@ def init_report(stage_folder: Path) -> Path:
 def tracking_record(stage_folder: Path) -> Path:
     """The MLflow run id of a training stage, so that a resumed stage continues the same run."""
     return Path(stage_folder) / TRACKING_RECORD
+
+
+def tracking_journal(folder: Path) -> Path:
+    """What a run in `folder` (a training stage, a sweep, a trial) would have sent to MLflow while
+    the tracking server was unreachable; `densepred sync-tracking` uploads and removes it."""
+    return Path(folder) / TRACKING_JOURNAL
+
+
+def eval_tracking_journal(eval_json: Path) -> Path:
+    """The pending MLflow record of an evaluation, beside its metrics JSON (`nyud.json` ->
+    `nyud.tracking_pending.jsonl`): while it exists the evaluation is not yet in MLflow."""
+    eval_json = Path(eval_json)
+    return eval_json.with_name(f"{eval_json.stem}.{TRACKING_JOURNAL}")
+
+
+def find_tracking_journals(root: Path) -> list[Path]:
+    """Every pending MLflow record under `root` (or `root` itself when it is one), parents first:
+    a sweep's record before its trials', a trial's before its stages'."""
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    found = root.rglob(f"*{TRACKING_JOURNAL}")
+    return sorted(found, key=lambda p: (len(p.parts), p.name != TRACKING_JOURNAL, str(p)))
 
 
 def trial_metrics(trial_folder: Path) -> Path:

@@ -46,8 +46,12 @@ the caller owns its runtime environment). Trials never depend on the working dir
 in the trial params is made absolute, and `RAY_CHDIR_TO_TRIAL_DIR=0`, `DENSEPRED_ROOT` and the
 absolute `MLFLOW_TRACKING_URI` are passed to the workers with `runtime_env`.
 
-MLflow (through `densepred.tracking`): a sweep-level parent run (kind `sweep`) and one run per trial
-(kind `trial`, tagged `sweep`, `table`, `variant` and `mlflow.parentRunId`), reopened on retries.
+MLflow (through `densepred.tracking`): a sweep-level parent run (kind `sweep`, top level), one run
+per trial (kind `trial`, tagged `sweep`, `table`, `variant` and `mlflow.parentRunId`), reopened on
+retries, and under each trial run the runs of its stages (train, evaluate; tagged `sweep`,
+`variant`, `origin=sweep`), so the top level of the runs table shows the pipeline's stage runs and
+one run per sweep. The parent run is opened only once Ray is up, so a Ray connection error leaves
+no run behind.
 """
 
 from __future__ import annotations
@@ -58,6 +62,10 @@ import hashlib
 import json
 import logging
 import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -77,6 +85,7 @@ from densepred.io import atomic_write_text
 from densepred.paths import SWEEP_SUMMARY
 from densepred.stage_run import TRAIN_STAGES, StageRun
 from densepred.sweeps import Trial, expand_trials, read_summary, trial_params, value_text, write_summary
+from densepred.tracking import nested_under
 
 ENV_CPUS = "DENSEPRED_RAY_CPUS"
 ENV_STORAGE = "DENSEPRED_RAY_STORAGE"
@@ -88,6 +97,8 @@ RESULT_FILE = "result.json"
 ATTEMPTS_FILE = "attempts.log"
 LOG_FILE = "log.txt"
 RUN_ID_FILE = "mlflow_run_id"
+LOCAL_RAY_FILE = "ray_local.json"  # the local Ray of a running sweep (see `ray_session`)
+PROBE_TIMEOUT_S = 10  # to reach RAY_ADDRESS before handing it to Ray
 OBJECT_STORE_BYTES = 128 * 1024**2  # trials exchange only small dicts; Ray would reserve 30% of RAM
 STATE_SYNC_S = 10  # copy Ray's experiment state to the storage path at most this stale (Ray: 300 s)
 SUMMARY_COLUMNS = ["variant", "status", "attempts", "error"]
@@ -219,7 +230,11 @@ def run_sweep(
     state = _load_state(out, sweep, fingerprint(params, cfg, resolved), params_path, overrides)
     cwd = Path.cwd().resolve()
     storage = _storage_path(out, storage_path)
-    with _parent_run(params, sweep, cfg, state, out) as parent_id:
+    with (
+        ray_session(_ray_cpus(num_cpus), _worker_env(params), out),
+        _parent_run(params, sweep, cfg, state, out) as parent_id,
+    ):
+        _check_resources(cfg)
         plan = _Plan(
             sweep=sweep,
             experiment=state["experiment"],
@@ -231,9 +246,7 @@ def run_sweep(
             trial_fn=trial_fn or run_job_chain,
             parent_run_id=parent_id,
         )
-        with ray_session(_ray_cpus(num_cpus), _worker_env(params)):
-            _check_resources(cfg)
-            grid = _tuner(plan, cfg, storage, retry_errored).fit()
+        grid = _tuner(plan, cfg, storage, retry_errored).fit()
         frame = summarize(plan, grid)
         interrupted = frame["status"].eq("unfinished")
         if interrupted.any():
@@ -333,11 +346,20 @@ def _worker_env(params: Params) -> dict[str, str]:
     return env
 
 
+class RayClusterError(ConnectionError):
+    """Ray could not be reached or refused this driver: one line naming the address and the fix
+    (an OSError, so the CLI reports it with exit status 2)."""
+
+
 @contextlib.contextmanager
-def ray_session(num_cpus: int, env: Mapping[str, str]) -> Iterator[None]:
+def ray_session(num_cpus: int, env: Mapping[str, str], out: Path | None = None) -> Iterator[None]:
     """Ray for the sweep: join `RAY_ADDRESS`, or start a lean local instance; shut down what we start.
 
-    A Ray already initialised in this process is used as it is and left running.
+    A Ray already initialised in this process is used as it is and left running. A local instance
+    is always a new one (`address="local"`): a stale `ray_current_cluster` file, or another user's
+    Ray on this machine, is never joined by accident. Its processes are listed in
+    `out/ray_local.json` while it runs, so that after a hard kill of the driver the next sweep
+    started on that folder stops whatever of them survived (`reap_local_ray`).
     """
     import ray
 
@@ -349,15 +371,201 @@ def ray_session(num_cpus: int, env: Mapping[str, str]) -> Iterator[None]:
         "log_to_driver": False,  # a trial's output goes to its folder's log.txt (`run_trial`)
         "logging_level": logging.WARNING,
     }
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, **common)
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    record = Path(out) / LOCAL_RAY_FILE if out is not None else None
+    watchdog: subprocess.Popen | None = None
+    if address and address != "local":
+        _join(address, common)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES, **common)
+        if record is not None:
+            reap_local_ray(record)
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            object_store_memory=OBJECT_STORE_BYTES,
+            **common,
+        )
+        if record is not None:
+            watchdog = _record_local_ray(record)
     try:
         yield
     finally:
         ray.shutdown()
+        if watchdog is not None:
+            watchdog.kill()
+            watchdog.wait()
+        if record is not None:
+            record.unlink(missing_ok=True)
+
+
+def _join(address: str, common: Mapping[str, Any]) -> None:
+    """`ray.init(address)` after checking, within `PROBE_TIMEOUT_S`, that the address answers; token
+    authentication is switched on when the cluster's token is at hand (see `_use_token_auth`)."""
+    import ray
+
+    _probe(address)
+    _use_token_auth()
+    try:
+        ray.init(address=address, **common)
+    except Exception as exc:
+        ray.shutdown()
+        raise RayClusterError(_ray_error_line(address, exc)) from exc
+
+
+def _probe(address: str) -> None:
+    """Raise RayClusterError unless `host:port` of `address` (also `ray://host:port`, `auto`)
+    accepts a TCP connection; Ray itself would wait minutes for an unreachable cluster."""
+    target = address.split("://", 1)[-1]
+    where = f"RAY_ADDRESS={address}"
+    if target == "auto":
+        target = _recorded_address() or ""
+        recorded = _ray_temp_dir() / "ray_current_cluster"
+        where = f"{target} (RAY_ADDRESS=auto, read from {recorded}: stale if that cluster is gone)"
+        if not target:
+            raise RayClusterError(
+                f"RAY_ADDRESS=auto but no running Ray cluster is recorded in {_ray_temp_dir()}; "
+                "set RAY_ADDRESS=<head host>:<port>, or unset it to run Ray locally"
+            )
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise RayClusterError(f"RAY_ADDRESS={address!r}: expected <host>:<port> (e.g. 127.0.0.1:6379)")
+    try:
+        socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise RayClusterError(
+            f"cannot reach the Ray cluster at {where} ({why}); start it with "
+            f"`ray start --head --port={port}` or unset RAY_ADDRESS to run the sweep on a local Ray"
+        ) from None
+
+
+def _ray_temp_dir() -> Path:
+    """Ray's temp dir: `$RAY_TMPDIR/ray`, by default /tmp/ray."""
+    return Path(os.environ.get("RAY_TMPDIR") or "/tmp") / "ray"
+
+
+def _recorded_address() -> str | None:
+    """The address in Ray's `ray_current_cluster` file (written by `ray start`; may be stale)."""
+    path = _ray_temp_dir() / "ray_current_cluster"
+    return path.read_text().strip() or None if path.is_file() else None
+
+
+def _use_token_auth() -> None:
+    """Switch this driver to token authentication when RAY_AUTH_MODE is unset and a token is at hand
+    (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token).
+
+    `ray start --head` enables token auth by itself when ~/.ray/auth_token exists, but a driver
+    given an explicit address does not, and then fails with `AuthenticationError: InvalidAuthToken`.
+    An explicit RAY_AUTH_MODE (`token` or `disabled`) is passed through untouched.
+    """
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    token_path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if not (os.environ.get("RAY_AUTH_TOKEN") or token_path.is_file()):
+        return
+    from ray._raylet import Config
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    Config.initialize("")  # Ray reads its auth mode from the environment when its config is initialised
+
+
+def _ray_error_line(address: str, exc: BaseException) -> str:
+    """One line for a failure to join the cluster at `address`."""
+    name = type(exc).__name__
+    text = (str(exc).strip().splitlines() or [name])[0]
+    if name == "AuthenticationError" or "auth" in text.lower():
+        return (
+            f"the Ray cluster at RAY_ADDRESS={address} refused this driver's authentication ({text[:120]}); "
+            "give it the cluster's token (RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH; `ray get-auth-token` on "
+            "the head) with RAY_AUTH_MODE=token, or RAY_AUTH_MODE=disabled for a cluster without token auth"
+        )
+    return (
+        f"cannot join the Ray cluster at RAY_ADDRESS={address} ({name}: {text[:160]}); if the head uses "
+        "token authentication set RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)"
+    )
+
+
+def _ray_processes(session_dir: str) -> dict[int, str]:
+    """PIDs (and names) of the processes of the Ray session in `session_dir`: those naming it on their
+    command line (gcs_server, raylet) or holding a file of it open (agents and workers, whose command
+    line Ray rewrites to `ray::...`, write their logs there)."""
+    found: dict[int, str] = {}
+    name = Path(session_dir).name
+    if not name.startswith("session_"):
+        return found
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if name in cmdline or any(name in os.readlink(fd) for fd in (proc / "fd").iterdir()):
+                found[int(proc.name)] = cmdline[:200]
+        except OSError:
+            continue
+    return found
+
+
+def _kill_session(session_dir: str) -> list[int]:
+    """SIGKILL every process of the Ray session in `session_dir`; returns their PIDs."""
+    pids = sorted(_ray_processes(session_dir))
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
+
+
+def _record_local_ray(record: Path) -> subprocess.Popen:
+    """List the local Ray's session and driver in `record`, and start its watchdog: a process of its
+    own session that stops the Ray processes if the driver dies without shutting Ray down (SIGKILL):
+    Ray ties gcs_server and the raylet to the driver, but the raylet's agents and workers outlive it."""
+    import ray
+
+    session = ray._private.worker._global_node.get_session_dir_path()
+    record.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(record, json.dumps({"session_dir": session, "driver_pid": os.getpid()}) + "\n")
+    code = "import sys; from densepred.tune import watch_driver; watch_driver(int(sys.argv[1]), sys.argv[2])"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(os.getpid()), session],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def watch_driver(driver_pid: int, session_dir: str, poll_s: float = 0.5) -> None:
+    """Wait for the sweep driver `driver_pid` to end; then stop what is left of its Ray session."""
+    while Path(f"/proc/{driver_pid}").exists() and not _is_zombie(driver_pid):
+        time.sleep(poll_s)
+    _kill_session(session_dir)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def reap_local_ray(record: Path) -> list[int]:
+    """Stop the processes of a local Ray left by a sweep driver that was killed (its `record` is
+    still there and the driver is gone; the watchdog normally did it already); returns their PIDs."""
+    if not record.is_file():
+        return []
+    try:
+        info = json.loads(record.read_text())
+    except ValueError:
+        record.unlink(missing_ok=True)
+        return []
+    driver = int(info.get("driver_pid") or 0)
+    if driver and driver != os.getpid() and Path(f"/proc/{driver}").exists() and not _is_zombie(driver):
+        return []  # that sweep is still running
+    pids = _kill_session(str(info.get("session_dir") or ""))
+    if pids:
+        print(f"[tune] stopped {len(pids)} leftover processes of a killed sweep's Ray", flush=True)
+    record.unlink(missing_ok=True)
+    return pids
 
 
 def _check_resources(cfg: SweepCfg) -> None:
@@ -434,6 +642,7 @@ def run_trial(plan: _Plan, variant: str) -> dict[str, float]:
         contextlib.redirect_stdout(log),
         contextlib.redirect_stderr(log),
         _trial_run(plan, variant, params, folder) as run,
+        nested_under(run.run_id, {"sweep": plan.sweep, "variant": variant, "table": plan.table}),
     ):
         metrics = numeric_metrics(plan.trial_fn(params, plan.job, folder), variant)
         run.log_metrics(metrics)
@@ -465,7 +674,10 @@ def _parent_run(
 
     subject = RunSubject.of_job(params, cfg.job)
     run_name = f"sweep-{sweep}"
-    with start_run(subject, "sweep", run_id=state.get("parent_run_id"), run_name=run_name) as run:
+    journal = paths.tracking_journal(out)
+    with start_run(
+        subject, "sweep", journal=journal, run_id=state.get("parent_run_id"), run_name=run_name
+    ) as run:
         if run.run_id and run.run_id != state.get("parent_run_id"):
             state["parent_run_id"] = run.run_id
             atomic_write_text(out / STATE_FILE, json.dumps(state, indent=2, sort_keys=True) + "\n")
@@ -483,10 +695,12 @@ def _trial_run(plan: _Plan, variant: str, params: Params, folder: Path) -> Itera
     id_file = folder / RUN_ID_FILE
     run_id = id_file.read_text().strip() if id_file.is_file() else None
     name = f"{plan.sweep}-{variant}"
-    with start_run(RunSubject.of_job(params, plan.job), "trial", run_id=run_id, run_name=name) as run:
+    subject = RunSubject.of_job(params, plan.job)
+    journal = paths.tracking_journal(folder)
+    with start_run(subject, "trial", journal=journal, run_id=run_id, run_name=name) as run:
         if run.run_id and run.run_id != run_id:
             atomic_write_text(id_file, run.run_id + "\n")
-        tags = {"sweep": plan.sweep, "table": plan.table, "variant": variant}
+        tags = {"sweep": plan.sweep, "table": plan.table, "variant": variant, "origin": "sweep"}
         if plan.parent_run_id:
             tags["mlflow.parentRunId"] = plan.parent_run_id
         run.set_tags(tags)

@@ -16,6 +16,12 @@ Outputs:
     <out>_figures/          `num_qualitative` prediction PNGs and, for PolyMaX, cluster probability
                             maps of the first image (the folder is `paths.figures_dir(<out>.json)`)
 
+MLflow: one run per evaluation (tag `stage=evaluate`), opened before the work so its duration is
+real; it records the checkpoint evaluated (path, training stage, fingerprint, weights digest), the
+prepared dataset (`log_input`, digest of its shards), the final metrics, the JSON and the figures.
+When the store is unreachable the record waits in `<out>.tracking_pending.jsonl` beside the JSON
+(`paths.eval_tracking_journal`): while that file exists, the evaluation is not yet in MLflow.
+
 Under torchrun each rank evaluates a contiguous, non-overlapping slice of the split (no padding
 duplicates), the meters' summable states are all-reduced, and rank 0 writes the outputs: every test
 image is counted exactly once.
@@ -39,7 +45,13 @@ from torch.utils.data import DataLoader, Subset
 from densepred import paths, tracking
 from densepred.config import RuntimeCfg
 from densepred.engine import distributed as dist_utils
-from densepred.engine.build import build_eval_dataset, build_model, collate_fn, parse_model_config
+from densepred.engine.build import (
+    build_eval_dataset,
+    build_model,
+    collate_fn,
+    parse_model_config,
+    prepared_root,
+)
 from densepred.engine.checkpoint import load_checkpoint
 from densepred.engine.distributed import DistEnv
 from densepred.engine.runtime import autocast_context, job_settings, to_device, uses_channels_last
@@ -219,9 +231,34 @@ def evaluate_job(run: StageRun) -> dict[str, Any]:
 
 
 def _evaluate(run: StageRun, ckpt_path: Path, env: DistEnv) -> dict[str, Any]:
-    settings, ds_name, out_json = run.eval_settings, run.dataset, run.out
+    ds_name = run.dataset
     ckpt = load_checkpoint(ckpt_path)
     check_compatible(ckpt["meta"], list(run.job_cfg.tasks), run.job, ds_name, ckpt_path)
+    journal = paths.eval_tracking_journal(run.out)
+    with tracking.start_run(
+        tracking.RunSubject.of_stage(run), "evaluate", journal=journal, enabled=env.is_main
+    ) as tracker:
+        tracker.set_tags(checkpoint_tags(ckpt["meta"], ckpt_path, ds_name))
+        tracker.log_input(tracking.prepared_dataset(ds_name, prepared_root(run.data, ds_name), "evaluation"))
+        return _evaluate_checkpoint(run, ckpt, ckpt_path, env, tracker)
+
+
+def checkpoint_tags(meta: dict[str, Any], path: Path, dataset: str) -> dict[str, str]:
+    """What an evaluation run records about the checkpoint it evaluates: its path, the training stage
+    and fingerprint that made it, the digest of its weights, and the dataset evaluated on."""
+    return {
+        "dataset": dataset,
+        "checkpoint": str(Path(path).resolve()),
+        "train_stage": str(meta.get("stage", "")),
+        "checkpoint_settings_hash": str(meta.get("settings_hash", "")),
+        "checkpoint_weights_digest": str(meta.get("weights_digest", "")),
+    }
+
+
+def _evaluate_checkpoint(
+    run: StageRun, ckpt: dict[str, Any], ckpt_path: Path, env: DistEnv, tracker: tracking.NullRun
+) -> dict[str, Any]:
+    settings, ds_name, out_json = run.eval_settings, run.dataset, run.out
     model, meta = model_from_checkpoint(ckpt, ckpt_path)
     model = model.to(env.device).eval()
     if uses_channels_last(run.runtime, env.device):
@@ -260,26 +297,12 @@ def _evaluate(run: StageRun, ckpt_path: Path, env: DistEnv) -> dict[str, Any]:
         figures = Path(paths.figures_dir(out_json))
         write_figures(model, data, settings.num_qualitative, figures, meta, ds_name)
         atomic_write_json(out_json, result)  # last: its existence means the evaluation is complete
-        _track(run, meta, result["meta"], figures, metrics)
-        print(f"[{run.job}/evaluate] {ds_name}/{settings.split}: {total} images -> {out_json}", flush=True)
-    dist_utils.barrier(env)
-    return result
-
-
-def _track(
-    run: StageRun,
-    meta: dict[str, Any],
-    result_meta: dict[str, Any],
-    figures: Path,
-    metrics: dict[str, Any],
-) -> None:
-    """One MLflow run: final metrics, the metrics JSON and the figures as artifacts; tagged with the
-    training stage of the checkpoint evaluated."""
-    with tracking.start_run(tracking.RunSubject.of_stage(run, stage=meta["stage"]), "evaluate") as tracker:
-        tracker.set_tags({"dataset": result_meta["dataset"], "checkpoint": result_meta["checkpoint"]})
         tracker.log_metrics(
             {k: v for k, v in metrics.items() if v is not None and "/iou_per_class/" not in k}
         )
-        tracker.log_artifact(run.out)
+        tracker.log_artifact(out_json)
         if figures.exists():
             tracker.log_artifact(figures)
+        print(f"[{run.job}/evaluate] {ds_name}/{settings.split}: {total} images -> {out_json}", flush=True)
+    dist_utils.barrier(env)
+    return result

@@ -13,7 +13,10 @@ Outputs in the run folder `out/` (`run.out`):
     config.yaml           resolved job config, profile, seed, git commit, world size
     train_log.csv         one row per log step: step, lr, images/s, grad norm, every loss term
     init_report.json      with --init: which keys were loaded, reset (shape differs), missing
-    tracking.json         the MLflow run id, so that a resumed stage continues the same run
+    tracking.json         the MLflow run id and the stage's fingerprint: a resumed stage (same
+                          settings) continues that run, a retrain (new settings) starts a new one
+    tracking_pending.jsonl  only while the MLflow store was unreachable: what the run would have
+                          logged; `densepred sync-tracking` (or the next run) uploads it
 
 Rerunning the same command resumes: with `final.pt` present nothing is done; with
 `checkpoints/last.pt` present training continues from it. The data order is a function of
@@ -68,6 +71,7 @@ from densepred.engine.build import (
     build_train_dataset,
     collate_fn,
     model_config_dict,
+    prepared_root,
 )
 from densepred.engine.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -326,6 +330,7 @@ class Trainer:
     progress: Progress | None = None
     last_lr: float = 0.0  # the learning rate the latest step used
     window: Window = field(default_factory=Window)  # loss sums since the last log row
+    weights_digest: str = ""  # of final.pt's weights, once written (rank 0)
 
     @property
     def last_path(self) -> Path:
@@ -359,12 +364,13 @@ class Trainer:
         path = paths.final_checkpoint(self.run.out)
         if self.env.is_main:
             state = self.raw_model.state_dict()
+            self.weights_digest = weights_digest(state)
             payload = {
                 "format": CHECKPOINT_FORMAT,
                 "kind": "final",
                 "step": self.step,
                 "model": state,
-                "meta": {**self.meta, "weights_digest": weights_digest(state)},
+                "meta": {**self.meta, "weights_digest": self.weights_digest},
             }
             save_checkpoint(path, payload)
         dist_utils.barrier(self.env)
@@ -536,13 +542,19 @@ def _train(run: StageRun, meta: dict[str, Any], env: DistEnv) -> Path:
         progress=progress,
         window=Window.restore((resume or {}).get("log_window"), env),
     )
-    run_id = (resume or {}).get("tracking", {}).get("run_id") or _previous_run_id(out)
+    uri = tracking.tracking_uri(run.tracking)
+    run_id = (resume or {}).get("tracking", {}).get("run_id") or _previous_run_id(out, meta, uri)
     subject = tracking.RunSubject.of_stage(run)
-    with tracking.start_run(subject, "train", run_id=run_id, enabled=env.is_main) as tracker:
+    journal = paths.tracking_journal(out)
+    with tracking.start_run(subject, "train", journal=journal, run_id=run_id, enabled=env.is_main) as tracker:
         trainer.tracker = tracker
         if env.is_main and tracker.run_id:
-            record = {"run_id": tracker.run_id, "uri": tracking.tracking_uri(run.tracking)}
+            record = {"run_id": tracker.run_id, "uri": uri, "settings_hash": meta["settings_hash"]}
             atomic_write_json(paths.tracking_record(out), record)
+            tracker.set_tags({"settings_hash": meta["settings_hash"], "init": str(run.init or "")})
+            tracker.log_input(
+                tracking.prepared_dataset(run.dataset, prepared_root(run.data, run.dataset), "train")
+            )
         if resume is not None:
             restore_rng(resume["rng"])
         with StopFlag().installed() as stop:
@@ -554,19 +566,24 @@ def _train(run: StageRun, meta: dict[str, Any], env: DistEnv) -> Path:
             if env.is_main and path.exists():
                 tracker.log_artifact(path)
         final = trainer.save_final()
+        tracker.set_tags({"weights_digest": trainer.weights_digest})
     progress.write(f"wrote {final}")
     return final
 
 
-def _previous_run_id(out: Path) -> str | None:
-    """The MLflow run of an earlier attempt at this stage (interrupted before its first checkpoint)."""
+def _previous_run_id(out: Path, meta: Mapping[str, Any], uri: str) -> str | None:
+    """The MLflow run of an earlier attempt at this stage with the same settings and store
+    (interrupted before its first checkpoint); None for a retrain, whose run is a new one."""
     path = paths.tracking_record(out)
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text()).get("run_id")
+        record = json.loads(path.read_text())
     except (ValueError, OSError):
         return None
+    if record.get("settings_hash") != meta.get("settings_hash") or record.get("uri") != uri:
+        return None
+    return record.get("run_id")
 
 
 def prepare_model(model: nn.Module, runtime: RuntimeCfg, env: DistEnv) -> nn.Module:
