@@ -55,7 +55,8 @@ def test_median_within_bin_of_exact_and_thresholds_exact():
     cos = (p * g).sum(1) / np.linalg.norm(p, axis=1) / np.linalg.norm(g, axis=1)
     angles = np.degrees(np.arccos(np.clip(cos, -1, 1)))  # the acos form, independently
     assert abs(result["median"] - np.median(angles)) <= 0.0025 / 2 + 1e-6
-    assert result["mean"] == pytest.approx(angles.mean(), abs=1e-6)
+    # float32 per-pixel angles (as the published evaluations): ~1e-6 relative, CPU-dependent last bits
+    assert result["mean"] == pytest.approx(angles.mean(), rel=1e-6)
     assert result["rms"] == pytest.approx(math.sqrt((angles**2).mean()), abs=1e-6)
     for key, limit in (("a11_25", 11.25), ("a22_5", 22.5), ("a30", 30.0)):
         assert result[key] == pytest.approx(100 * (angles < limit).mean())

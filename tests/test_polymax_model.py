@@ -179,7 +179,12 @@ def test_gradients_reach_every_parameter(task):
     batch = _batch()
     criterion = create_criterion("polymax", tasks=[task], dataset="nyud", num_classes=5)
     criterion(model(batch["image"]), batch)["total"].backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+    # The temperature's bias adds one constant to every mask logit, and the mask logits enter the
+    # losses only through a softmax over the clusters, which a constant shift leaves unchanged: its
+    # gradient is zero in exact arithmetic, and what float32 leaves of it depends on the CPU.
+    inert = {n for n, _ in model.named_parameters() if n.endswith("predictor.temperature.bn.bias")}
+    missing = [n for n, p in model.named_parameters() if n not in inert and p.grad.abs().sum() == 0]
     assert missing == []
 
 
