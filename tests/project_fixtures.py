@@ -71,8 +71,14 @@ def project_env(root: Path) -> dict[str, str]:
     return env
 
 
-def run(root: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=root, env=project_env(root), capture_output=True, text=True, check=False)
+def run(
+    root: Path, *cmd: str, check: bool = True, env: dict[str, str] | None = None, timeout: float | None = None
+) -> subprocess.CompletedProcess:
+    """Run `cmd` in the project (`env`: extra variables, e.g. SLURM_CONF)."""
+    full_env = {**project_env(root), **(env or {})}
+    result = subprocess.run(
+        cmd, cwd=root, env=full_env, capture_output=True, text=True, check=False, timeout=timeout
+    )
     if check:
         assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     return result

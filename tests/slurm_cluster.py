@@ -100,8 +100,12 @@ def slurm_conf(folder: Path, cpus: int, memory_mb: int) -> str:
 @dataclass
 class Cluster:
     folder: Path
-    env: dict[str, str]
+    env: dict[str, str]  # this process's environment with SLURM_CONF pointing at the cluster
     procs: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def conf(self) -> Path:
+        return self.folder / "slurm.conf"
 
     def run(self, *cmd: str) -> subprocess.CompletedProcess:
         return subprocess.run(cmd, env=self.env, capture_output=True, text=True, check=False, timeout=60)

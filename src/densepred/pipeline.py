@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ from densepred.config import (
     validate,
 )
 from densepred.stage_run import StageRun
+from densepred.sweeps import expand_trials
 
 TABLES = ("table2", "table3", "figure7", "ablations")
 
@@ -402,6 +404,13 @@ class _Builder:
             keys = [f"sweeps.{name}", *self.job_keys(sweep.job, "pretrain"), f"jobs.{sweep.job}.finetune"]
             keys += [k for k in self.job_keys(sweep.job, "finetune") if k not in keys]
             keys += [f"jobs.{sweep.job}.evaluate"]
+            # the sweep's job (one SLURM allocation, or a share of this machine) holds the trials it
+            # runs at once: their CPUs become the rule's threads (which size the local Ray) and their
+            # GPUs its `gpu` resource
+            trials = len(expand_trials(sweep, name))
+            concurrent = min(trials, sweep.max_concurrent or trials)
+            cpus = math.ceil(sweep.resources.cpu * concurrent)
+            gpus = math.ceil(sweep.resources.gpu * concurrent)
             self.add(
                 f"tune_{name}",
                 "tune",
@@ -409,7 +418,8 @@ class _Builder:
                 data,
                 [paths.sweep_summary_path(self.p, name)],
                 keys,
-                resources={"mem_mb": self.p.runtime.mem_mb, "gpu": 0},
+                threads=cpus,
+                resources={"mem_mb": self.p.runtime.mem_mb, "gpu": gpus},
             )
 
     def tables(self) -> None:

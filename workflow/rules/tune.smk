@@ -1,4 +1,5 @@
-# Ablations: one Ray Tune sweep per rule; the local Ray instance is sized by the rule's threads.
+# Ablations: one Ray Tune sweep per rule. Its threads (the CPUs of the trials it runs at once, from the
+# sweep's `resources` and `max_concurrent`) size the local Ray instance; no `--cores` needed.
 
 
 for _stage in stages_of("tune"):
@@ -14,7 +15,7 @@ for _stage in stages_of("tune"):
             **params_of(_stage),
         log:
             _stage.log,
-        threads: workflow.cores
+        threads: _stage.threads
         resources:
             **_stage.resources,
         shell:

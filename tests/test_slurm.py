@@ -1,0 +1,171 @@
+"""SLURM: workflow/profiles/slurm with snakemake-executor-plugin-slurm.
+
+Without a cluster: the README's command plans and starts (a real, non-dry start needs no `--cores`),
+training, evaluation and sweep jobs request their GPUs (`gpu`, which the plugin turns into
+`sbatch --gpus`) and the data jobs none, and the profile names only rules that exist.
+
+With a cluster (marked `cluster`): a throwaway single-node SLURM (tests/slurm_cluster.py; installed
+with apt-get where this runs as root and it is missing) runs the shrunk smoke project's table 2
+through the profile; every job but the local table went through sbatch, status polling worked
+without accounting, and the table equals a local run's.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import slurm_cluster
+from conftest import PAPER, ROOT, SMOKE
+from densepred.config import load_params
+from densepred.pipeline import build_stages
+from project_fixtures import TARGET, make_project, run
+
+PROFILE = "workflow/profiles/slurm"
+README_COMMAND = ("snakemake", "--workflow-profile", PROFILE, "--configfile=params/paper.yaml", "results/all")
+
+
+def planned_jobs(output: str) -> dict[str, dict[str, str]]:
+    """The jobs of a dry run's output: rule name -> its resources."""
+    jobs: dict[str, dict[str, str]] = {}
+    current = None
+    for line in output.splitlines():
+        head = re.match(r"^(?:local)?rule (\w+):$", line)
+        if head:
+            current = jobs.setdefault(head.group(1), {})
+        elif current is not None and line.strip().startswith("resources:"):
+            for item in line.split(":", 1)[1].split(","):
+                key, _, value = item.strip().partition("=")
+                current[key] = value
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    return make_project(tmp_path_factory.mktemp("slurm-plan") / "project")
+
+
+def test_readme_command_plans_gpu_jobs_with_gpus(project):
+    jobs = planned_jobs(run(project, *README_COMMAND, "-n").stdout)
+    gpus = load_params(PAPER).runtime.gpus_per_job
+    assert gpus >= 1
+    kinds = {"pretrain_", "finetune_", "evaluate_", "tune_"}
+    gpu_jobs = {name: res for name, res in jobs.items() if name.startswith(tuple(kinds))}
+    assert {n.split("_")[0] + "_" for n in gpu_jobs} == kinds
+    for name, res in gpu_jobs.items():
+        assert int(res.get("gpu", 0)) >= gpus, (name, res)
+    for name in ("prepare_nyud", "prepare_taskonomy"):
+        assert int(jobs[name].get("gpu", 0)) == 0, jobs[name]
+    # a sweep holds the GPUs of the trials it runs at once (mqt_queries: 6 trials of 1 GPU)
+    assert jobs["tune_mqt_queries"]["gpu"] == "6"
+
+
+def test_smoke_profile_requests_no_gpus(project):
+    jobs = planned_jobs(run(project, "snakemake", "--workflow-profile", PROFILE, "-n", TARGET).stdout)
+    assert jobs and all(int(res.get("gpu", 0)) == 0 for res in jobs.values()), jobs
+
+
+def test_readme_command_starts_without_cores(project):
+    """`workflow.cores` in a rule fails every non-dry run without --cores; --summary parses the
+    workflow as a real run does (no SLURM needed)."""
+    done = run(project, *README_COMMAND, "--summary")
+    assert "tune_mqt_queries" in done.stdout
+
+
+@pytest.mark.parametrize("params", [SMOKE, PAPER], ids=["smoke", "paper"])
+def test_tune_threads_are_the_concurrent_trials_cpus(params):
+    p = load_params(params)
+    for stage in build_stages(p, params):
+        if stage.kind == "tune":
+            sweep = p.sweeps[stage.name.removeprefix("tune_")]
+            assert stage.threads >= sweep.resources.cpu
+            assert stage.resources["gpu"] >= sweep.resources.gpu
+
+
+def test_profile_names_existing_rules_and_known_options():
+    profile = yaml.safe_load((ROOT / PROFILE / "profile.yaml").read_text())
+    rules = {"all", "results_all"}
+    for params in (SMOKE, PAPER):
+        rules |= {s.name for s in build_stages(load_params(params), params)}
+    unknown = set(profile.get("set-resources", {})) - rules
+    assert not unknown, f"set-resources names no rule: {sorted(unknown)}"
+    assert profile["slurm-status-command"] == "squeue"  # no accounting needed
+    # memory, CPUs and GPUs come from the rules, so defaults for them would never apply
+    assert not {"mem_mb", "gpu", "cpus_per_task"} & set(profile["default-resources"])
+
+
+# -- a real cluster
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("a throwaway SLURM cluster needs root (slurmd starts jobs as their user)")
+    reason = slurm_cluster.unavailable()
+    if reason:
+        pytest.skip(reason)
+    started = slurm_cluster.start(tmp_path_factory.mktemp("slurm-cluster"))
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+def slurm_run(cluster, tmp_path_factory):
+    """The shrunk smoke project's table 2 through workflow/profiles/slurm, and its run time."""
+    root = make_project(tmp_path_factory.mktemp("slurm-run") / "project")
+    start = time.monotonic()
+    done = run(
+        root,
+        "snakemake",
+        "--workflow-profile",
+        PROFILE,
+        # test speed-ups: poll after 2 s (then every 12, 22, ... s), keep the logs to check them
+        "--slurm-init-seconds-before-status-checks=2",
+        "--slurm-keep-successful-logs",
+        "--verbose",
+        TARGET,
+        env={"SLURM_CONF": str(cluster.conf)},
+        timeout=1200,
+        check=False,
+    )
+    seconds = time.monotonic() - start
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-8000:]}\n{cluster.logs()}"
+    return root, done, seconds
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_jobs_go_through_sbatch(cluster, slurm_run):
+    root, done, seconds = slurm_run
+    print(f"smoke table 2 through SLURM: {seconds:.0f} s")
+    params = root / "params" / "smoke.yaml"
+    remote = {s.name for s in build_stages(load_params(params), params) if s.kind != "tables"}
+    assert "pretrain_polymax_depth" in remote and "table2" not in remote
+    # SLURM's own record: one job per rule (squeue shows finished jobs for MinJobAge = 300 s)
+    queue = cluster.run("squeue", "--states=all", "--noheader", "--format=%k|%T").stdout.split()
+    states = dict(line.removeprefix("rule_").split("|") for line in queue)
+    assert states == {name: "COMPLETED" for name in remote}, queue
+    # the plugin's log of each job, and its sbatch calls: CPUs and memory, no GPUs (smoke profile)
+    for name in remote:
+        assert list((root / ".snakemake" / "slurm_logs" / f"rule_{name}").glob("*.log")), name
+    calls = [line for line in done.stderr.splitlines() if "sbatch call:" in line]
+    assert len(calls) == len(remote)
+    for call in calls:
+        assert "--cpus-per-task=1" in call and "--mem 4000" in call and "--gpus" not in call, call
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_slurm_outputs_equal_a_local_run(slurm_run, tmp_path):
+    root, _, _ = slurm_run
+    local = make_project(tmp_path / "project")
+    run(local, "snakemake", "--cores", "2", TARGET)
+    assert (root / TARGET).read_text() == (local / TARGET).read_text()
+    # Snakemake recorded the cluster's outputs: nothing left to do
+    plan = run(root, "snakemake", "--workflow-profile", PROFILE, "-n", TARGET)
+    assert "Nothing to be done" in plan.stdout + plan.stderr
