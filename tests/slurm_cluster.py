@@ -4,6 +4,11 @@ socket, state, spool, logs) in one temporary folder and no accounting (no slurmd
 
 `start(folder)` returns a `Cluster` whose `env` points SLURM's client commands (sbatch, squeue) at
 it (`SLURM_CONF`); `stop()` cancels what is left and ends the three daemons by their PIDs.
+
+Inside a job, snakemake-executor-plugin-slurm-jobstep starts the rule with `srun` after removing
+every SLURM_* variable but the job's identity, SLURM_CONF included: on a real cluster srun then
+reads /etc/slurm/slurm.conf. So that this cluster's config need not go there, `bin` holds an `srun`
+that sets SLURM_CONF and runs the real one; put it first on the PATH of whatever submits jobs.
 `unavailable()` says why no cluster can be started here (None when one can), installing the
 packages with apt-get first where this runs as root on a machine with apt-get.
 """
@@ -34,7 +39,8 @@ def unavailable() -> str | None:
     if not _missing():
         return None
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return f"SLURM is not installed ({', '.join(_missing())} missing; `apt-get install {' '.join(PACKAGES)}` as root)"
+        missing = ", ".join(_missing())
+        return f"SLURM is not installed ({missing} missing; `apt-get install {' '.join(PACKAGES)}` as root)"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     done = subprocess.run(
         ["apt-get", "install", "-y", "-q", *PACKAGES], env=env, capture_output=True, text=True, check=False
@@ -107,6 +113,11 @@ class Cluster:
     def conf(self) -> Path:
         return self.folder / "slurm.conf"
 
+    @property
+    def bin(self) -> Path:
+        """The folder of the `srun` wrapper (see the module's docstring)."""
+        return self.folder / "bin"
+
     def run(self, *cmd: str) -> subprocess.CompletedProcess:
         return subprocess.run(cmd, env=self.env, capture_output=True, text=True, check=False, timeout=60)
 
@@ -145,9 +156,17 @@ def start(folder: Path, cpus: int | None = None, timeout: float = 60.0) -> Clust
     key.chmod(0o400)
     conf = folder / "slurm.conf"
     conf.write_text(slurm_conf(folder, cpus or os.cpu_count() or 1, _memory_mb()))
+    srun = folder / "bin" / "srun"
+    srun.parent.mkdir(exist_ok=True)
+    srun.write_text(f'#!/bin/sh\nSLURM_CONF={conf} exec {shutil.which("srun")} "$@"\n')
+    srun.chmod(0o755)
     env = {**os.environ, "SLURM_CONF": str(conf)}
-    for var in [v for v in env if v.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_")) and v != "SLURM_CONF"]:
-        del env[var]  # started inside a job of another cluster: use this one
+    # started inside a job of another cluster: submit to this one
+    inherited = [
+        v for v in env if v.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_")) and v != "SLURM_CONF"
+    ]
+    for var in inherited:
+        del env[var]
     cluster = Cluster(folder, env)
     commands = [
         [

@@ -24,7 +24,7 @@ import slurm_cluster
 from conftest import PAPER, ROOT, SMOKE
 from densepred.config import load_params
 from densepred.pipeline import build_stages
-from project_fixtures import TARGET, make_project, run
+from project_fixtures import TARGET, make_project, project_env, run
 
 PROFILE = "workflow/profiles/slurm"
 README_COMMAND = ("snakemake", "--workflow-profile", PROFILE, "--configfile=params/paper.yaml", "results/all")
@@ -129,8 +129,8 @@ def slurm_run(cluster, tmp_path_factory):
         "--slurm-keep-successful-logs",
         "--verbose",
         TARGET,
-        env={"SLURM_CONF": str(cluster.conf)},
-        timeout=1200,
+        env={"SLURM_CONF": str(cluster.conf), "PATH": f"{cluster.bin}:{project_env(root)['PATH']}"},
+        timeout=600,
         check=False,
     )
     seconds = time.monotonic() - start
@@ -153,6 +153,10 @@ def test_jobs_go_through_sbatch(cluster, slurm_run):
     # the plugin's log of each job, and its sbatch calls: CPUs and memory, no GPUs (smoke profile)
     for name in remote:
         assert list((root / ".snakemake" / "slurm_logs" / f"rule_{name}").glob("*.log")), name
+    assert "localrule table2:" in done.stderr
+    # status polling without accounting: squeue, never sacct
+    polls = [line for line in done.stderr.splitlines() if line.startswith("Status query timing (cycle)")]
+    assert polls and all("command=squeue," in line for line in polls), polls
     calls = [line for line in done.stderr.splitlines() if "sbatch call:" in line]
     assert len(calls) == len(remote)
     for call in calls:
