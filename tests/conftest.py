@@ -30,3 +30,15 @@ def write_params(tree: dict, path: Path) -> Path:
     """Write a params tree as YAML."""
     path.write_text(yaml.safe_dump(tree, sort_keys=False))
     return path
+
+
+@pytest.fixture(scope="session")
+def built_project(tmp_path_factory) -> Path:
+    """The shrunk scratch project of tests/project_fixtures.py after a local
+    `snakemake --cores 2 results/all` (table 2 of two jobs, table 3, the tables' HTML pages). Shared
+    by the report and SLURM tests: read it, never change it."""
+    from project_fixtures import make_project, run
+
+    root = make_project(tmp_path_factory.mktemp("built") / "project")
+    run(root, "snakemake", "--cores", "2", "results/all")
+    return root

@@ -4,13 +4,13 @@ socket, state, spool, logs) in one temporary folder and no accounting (no slurmd
 
 `start(folder)` returns a `Cluster` whose `env` points SLURM's client commands (sbatch, squeue) at
 it (`SLURM_CONF`); `stop()` cancels what is left and ends the three daemons by their PIDs.
+`unavailable()` says why no cluster can be started here (None when one can), installing the
+packages with apt-get first where this runs as root on a machine with apt-get.
 
 Inside a job, snakemake-executor-plugin-slurm-jobstep starts the rule with `srun` after removing
 every SLURM_* variable but the job's identity, SLURM_CONF included: on a real cluster srun then
 reads /etc/slurm/slurm.conf. So that this cluster's config need not go there, `bin` holds an `srun`
 that sets SLURM_CONF and runs the real one; put it first on the PATH of whatever submits jobs.
-`unavailable()` says why no cluster can be started here (None when one can), installing the
-packages with apt-get first where this runs as root on a machine with apt-get.
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@ training, evaluation and sweep jobs request their GPUs (`gpu`, which the plugin 
 `sbatch --gpus`) and the data jobs none, and the profile names only rules that exist.
 
 With a cluster (marked `cluster`): a throwaway single-node SLURM (tests/slurm_cluster.py; installed
-with apt-get where this runs as root and it is missing) runs the shrunk smoke project's table 2
-through the profile; every job but the local table went through sbatch, status polling worked
-without accounting, and the table equals a local run's.
+with apt-get where this runs as root and it is missing) runs the shrunk smoke project's results/all
+through the profile; every job but the local tables went through sbatch, status polling used squeue
+(no accounting), and the tables equal a local run's.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from densepred.pipeline import build_stages
 from project_fixtures import TARGET, make_project, project_env, run
 
 PROFILE = "workflow/profiles/slurm"
+ALL = "results/all"  # table 2 and 3 and their HTML pages (written on the submit host)
 README_COMMAND = ("snakemake", "--workflow-profile", PROFILE, "--configfile=params/paper.yaml", "results/all")
 
 
@@ -116,7 +117,7 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def slurm_run(cluster, tmp_path_factory):
-    """The shrunk smoke project's table 2 through workflow/profiles/slurm, and its run time."""
+    """The shrunk smoke project's results/all through workflow/profiles/slurm, and its run time."""
     root = make_project(tmp_path_factory.mktemp("slurm-run") / "project")
     start = time.monotonic()
     done = run(
@@ -128,7 +129,7 @@ def slurm_run(cluster, tmp_path_factory):
         "--slurm-init-seconds-before-status-checks=2",
         "--slurm-keep-successful-logs",
         "--verbose",
-        TARGET,
+        ALL,
         env={"SLURM_CONF": str(cluster.conf), "PATH": f"{cluster.bin}:{project_env(root)['PATH']}"},
         timeout=600,
         check=False,
@@ -142,7 +143,7 @@ def slurm_run(cluster, tmp_path_factory):
 @pytest.mark.slow
 def test_jobs_go_through_sbatch(cluster, slurm_run):
     root, done, seconds = slurm_run
-    print(f"smoke table 2 through SLURM: {seconds:.0f} s")
+    print(f"shrunk smoke results/all through SLURM: {seconds:.0f} s")
     params = root / "params" / "smoke.yaml"
     remote = {s.name for s in build_stages(load_params(params), params) if s.kind != "tables"}
     assert "pretrain_polymax_depth" in remote and "table2" not in remote
@@ -153,7 +154,8 @@ def test_jobs_go_through_sbatch(cluster, slurm_run):
     # the plugin's log of each job, and its sbatch calls: CPUs and memory, no GPUs (smoke profile)
     for name in remote:
         assert list((root / ".snakemake" / "slurm_logs" / f"rule_{name}").glob("*.log")), name
-    assert "localrule table2:" in done.stderr
+    for name in ("table2", "table3", "html_table2", "results_all"):
+        assert f"localrule {name}:" in done.stderr
     # status polling without accounting: squeue, never sacct
     polls = [line for line in done.stderr.splitlines() if line.startswith("Status query timing (cycle)")]
     assert polls and all("command=squeue," in line for line in polls), polls
@@ -165,11 +167,10 @@ def test_jobs_go_through_sbatch(cluster, slurm_run):
 
 @pytest.mark.cluster
 @pytest.mark.slow
-def test_slurm_outputs_equal_a_local_run(slurm_run, tmp_path):
+def test_slurm_outputs_equal_a_local_run(slurm_run, built_project):
     root, _, _ = slurm_run
-    local = make_project(tmp_path / "project")
-    run(local, "snakemake", "--cores", "2", TARGET)
-    assert (root / TARGET).read_text() == (local / TARGET).read_text()
+    for table in ("table2.csv", "table3.csv", "html/table2.html"):
+        assert (root / "results" / table).read_text() == (built_project / "results" / table).read_text()
     # Snakemake recorded the cluster's outputs: nothing left to do
-    plan = run(root, "snakemake", "--workflow-profile", PROFILE, "-n", TARGET)
+    plan = run(root, "snakemake", "--workflow-profile", PROFILE, "-n", ALL)
     assert "Nothing to be done" in plan.stdout + plan.stderr

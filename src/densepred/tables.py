@@ -356,6 +356,29 @@ def compare(params: Params, a: str, b: str, column: str, dataset: str = "nyud", 
     return "\n".join(lines)
 
 
+_HTML_STYLE = (
+    "body{font-family:sans-serif;margin:1em}"
+    "table{border-collapse:collapse;font-size:13px}"
+    "th,td{border:1px solid #ccc;padding:3px 6px;white-space:nowrap}"
+    "th{background:#eee;position:sticky;top:0}"
+    "tr:nth-child(even) td{background:#f8f8f8}"
+)
+
+
+def write_html_table(csv: str | Path, html: str | Path) -> None:
+    """A table CSV as a standalone HTML page, its cells exactly as in the CSV (for the Snakemake
+    report, whose viewer shows HTML, images and PDF but offers a CSV only as a download)."""
+    csv = Path(csv)
+    frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    table = frame.to_html(index=False, border=0)
+    page = (
+        f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{csv.name}</title>"
+        f"<style>{_HTML_STYLE}</style></head>\n<body><h1>{csv.name}</h1>\n{table}\n</body></html>\n"
+    )
+    with atomic_path(Path(html)) as tmp:
+        tmp.write_text(page)
+
+
 def write_tables(params: Params, out: Path, runs: Path | None = None, only: str | None = None) -> list[Path]:
     """Write the requested tables (all by default) into `out`; returns the written paths."""
     if runs is not None:

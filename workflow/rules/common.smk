@@ -37,18 +37,26 @@ def stages_of(*kinds):
 
 
 def outputs_of(stage):
-    """Snakemake outputs: folders wrapped in directory(), tables and figures in report()."""
+    """Snakemake outputs: folders wrapped in directory(), figures in report() (the tables reach the
+    report as their HTML pages, TABLE_PAGES)."""
     outs = []
     for out in stage.outs:
         if out in stage.out_dirs:
             outs.append(directory(out))
-        elif stage.kind == "tables":
-            caption = f"../report/{Path(out).stem}.rst"
-            category = "Figures" if out.endswith(".png") else "Tables"
-            outs.append(report(out, caption=caption, category=category))
+        elif stage.kind == "tables" and out.endswith(".png"):
+            outs.append(report(out, caption=f"../report/{Path(out).stem}.rst", category="Figures"))
         else:
             outs.append(out)
     return outs
+
+
+def html_page(csv):
+    """The HTML page of a table for the report: <results>/html/<table>.html (not versioned)."""
+    return str(Path(csv).parent / "html" / f"{Path(csv).stem}.html")
+
+
+# every table CSV's HTML page (workflow/rules/report.smk)
+TABLE_PAGES = {html_page(out): out for s in stages_of("tables") for out in s.outs if out.endswith(".csv")}
 
 
 def inputs_of(stage):
@@ -92,6 +100,8 @@ localrules:
 
 
 rule all:
-    """Every table and figure of the profile (also reachable as `results/all`)."""
+    """Every table and figure of the profile, and the tables' HTML pages (also reachable as
+    `results/all`)."""
     input:
         [o for s in stages_of("tables") for o in s.outs],
+        list(TABLE_PAGES),
