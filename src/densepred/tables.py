@@ -372,7 +372,7 @@ def write_html_table(csv: str | Path, html: str | Path) -> None:
     frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
     table = frame.to_html(index=False, border=0)
     page = (
-        f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{csv.name}</title>"
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{csv.name}</title>'
         f"<style>{_HTML_STYLE}</style></head>\n<body><h1>{csv.name}</h1>\n{table}\n</body></html>\n"
     )
     with atomic_path(Path(html)) as tmp:
