@@ -32,7 +32,7 @@ def test_committed_dvc_yaml_is_generated_from_the_pipeline():
 
 
 def test_snakemake_rules_are_the_pipeline_stages():
-    out = _dry_run("results/all")
+    out = _dry_run("--forceall", "results/all")
     stages = build_stages(load_params(SMOKE), "params/smoke.yaml")
     for stage in stages:
         assert stage.name in out, f"stage {stage.name} missing from the Snakemake plan"
@@ -110,7 +110,9 @@ def test_snakemake_config_becomes_dotted_overrides():
 
 
 def test_snakemake_config_is_applied_like_set():
-    out = _dry_run("-p", "results/table2.csv", "--config", "jobs={stl_depth: {finetune: {iterations: 20}}}")
+    out = _dry_run(
+        "-p", "--forceall", "results/table2.csv", "--config", "jobs={stl_depth: {finetune: {iterations: 20}}}"
+    )
     commands = [line for line in out.splitlines() if line.startswith("Shell command:")]
     assert commands and all("--set jobs.stl_depth.finetune.iterations=20" in c for c in commands)
 

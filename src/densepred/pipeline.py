@@ -152,22 +152,21 @@ class Stage:
         return tuple(files)
 
 
-def _lookup(tree: dict[str, Any], dotted: str) -> Any:
+_MISSING = object()
+
+
+def _lookup(tree: dict[str, Any], dotted: str, default: Any = None) -> Any:
+    """The value at a dotted key of a nested mapping, or `default` when a part is missing."""
     node: Any = tree
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
-            return None
+            return default
         node = node[part]
     return node
 
 
 def _has(tree: dict[str, Any], dotted: str) -> bool:
-    node: Any = tree
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True
+    return _lookup(tree, dotted, _MISSING) is not _MISSING
 
 
 def _canonical(value: Any) -> str:

@@ -67,7 +67,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from densepred.config import JobCfg, Params, RuntimeCfg, TrackingCfg, project_root
+from densepred.config import JobCfg, Params, RuntimeCfg, TrackingCfg, flatten_keys, project_root
 from densepred.stage_run import StageRun
 
 ENV_SWITCH = "DENSEPRED_TRACKING"
@@ -166,20 +166,16 @@ def git_commit(root: Path | None = None) -> str:
     return sha + ("-dirty" if dirty else "") if sha else "unknown"
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+def flatten(tree: Mapping[str, Any]) -> dict[str, str]:
     """Nested mapping -> {"a.b.c": "value"}; lists and scalars become strings (MLflow params)."""
     flat: dict[str, str] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, name + "."))
-        else:
-            text = str(value)
-            if len(text) > MAX_PARAM_LENGTH:
-                raise ValueError(
-                    f"param {name!r} is {len(text)} characters; MLflow keeps at most {MAX_PARAM_LENGTH}"
-                )
-            flat[name] = text
+    for name, value in flatten_keys(dict(tree)).items():
+        text = str(value)
+        if len(text) > MAX_PARAM_LENGTH:
+            raise ValueError(
+                f"param {name!r} is {len(text)} characters; MLflow keeps at most {MAX_PARAM_LENGTH}"
+            )
+        flat[name] = text
     return flat
 
 
