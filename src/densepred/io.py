@@ -194,9 +194,31 @@ def _replace_dir(tmp: Path, path: Path) -> None:
     if legacy.exists():
         shutil.rmtree(legacy)
     old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
-    os.replace(path, old)  # onto the empty folder `old`
-    _publish(tmp, path, 0o777)
-    shutil.rmtree(old)
+    try:
+        os.replace(path, old)  # onto the empty folder `old`
+        _publish(tmp, path, 0o777)
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# A concurrent writer of the same folder can publish it between this writer's check and its rename.
+_RACED = (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT)
+_PUBLISH_TRIES = 10
+
+
+def _publish_dir(tmp: Path, path: Path) -> None:
+    """Publish folder `tmp` as `path`, replacing what is there; retried when another writer of
+    `path` published in between (both outputs are complete, the last one wins)."""
+    for attempt in range(_PUBLISH_TRIES):
+        try:
+            if path.exists():
+                _replace_dir(tmp, path)
+            else:
+                _publish(tmp, path, 0o777)
+            return
+        except OSError as exc:
+            if exc.errno not in _RACED or attempt == _PUBLISH_TRIES - 1:
+                raise
 
 
 @contextlib.contextmanager
@@ -212,10 +234,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     try:
         with naming_disk_full(path):
             yield tmp
-        if path.exists():
-            _replace_dir(tmp, path)
-        else:
-            _publish(tmp, path, 0o777)
+        _publish_dir(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
