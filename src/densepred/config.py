@@ -625,22 +625,20 @@ def validate(tree: dict[str, Any], source: str) -> Params:
         raise ParamsError(_format_errors(exc, source)) from None
 
 
-def resolved_tree(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """The params file's tree with `overrides` applied and presets merged (validated first)."""
-    tree = read_yaml(Path(path))
+def with_overrides(
+    tree: dict[str, Any], overrides: list[str] | tuple[str, ...], source: str = ""
+) -> dict[str, Any]:
+    """A copy of a raw params tree with the dotted `overrides` (KEY=VALUE, as `--set`) applied."""
+    tree = copy.deepcopy(tree)
     for text in overrides:
         parts, value = parse_override(text)
-        apply_override(tree, parts, value, source=f"--set {text}")
-    load_params(path, overrides)
-    return merge_presets(tree, str(path))
+        apply_override(tree, parts, value, source=f"{source}--set {text}")
+    return tree
 
 
 def load_params(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Params:
     """Load a profile, apply dotted `overrides` (KEY=VALUE), validate."""
-    tree = read_yaml(Path(path))
-    for text in overrides:
-        parts, value = parse_override(text)
-        apply_override(tree, parts, value, source=f"--set {text}")
+    tree = with_overrides(read_yaml(Path(path)), overrides)
     source = str(path) + (f" (with --set {', '.join(overrides)})" if overrides else "")
     return validate(tree, source)
 

@@ -26,7 +26,6 @@ drift. Paths come from paths.py.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import shlex
@@ -38,11 +37,10 @@ from densepred import paths
 from densepred.config import (
     PRESET_KEY,
     Params,
-    apply_override,
     merge_presets,
-    parse_override,
     read_yaml,
     validate,
+    with_overrides,
 )
 from densepred.stage_run import StageRun
 from densepred.sweeps import expand_trials
@@ -473,11 +471,7 @@ class _Builder:
 
 def _with_overrides(tree: dict[str, Any], sets: tuple[str, ...], source: str) -> Params:
     """The profile with a chain's own overrides (Fig. 7's pretraining fraction) applied."""
-    tree = copy.deepcopy(tree)
-    for text in sets:
-        parts, value = parse_override(text)
-        apply_override(tree, parts, value, source=f"{source} --set {text}")
-    return validate(tree, source)
+    return validate(with_overrides(tree, sets, f"{source} "), source)
 
 
 def config_overrides(config: dict[str, Any], file_tree: dict[str, Any], prefix: str = "") -> list[str]:
@@ -523,10 +517,7 @@ def build_stages(
 ) -> list[Stage]:
     """Every stage of the profile, in dependency order. `overrides` (KEY=VALUE, as `--set`) were
     applied to `params` already; they are passed on to every stage's command."""
-    tree = read_yaml(Path(params_path))
-    for text in overrides:
-        parts, value = parse_override(text)
-        apply_override(tree, parts, value, source=f"--set {text}")
+    tree = with_overrides(read_yaml(Path(params_path)), overrides)
     b = _Builder(params, Path(params_path), tree, tuple(overrides))
     b.data()
     b.jobs()

@@ -24,6 +24,13 @@ import pytest
 from densepred.cli import main
 from engine_fixtures import cli_env, tiny_params_file
 
+# The marks every fault module carries: the `faults` marker, tracking off, torch's warnings quiet.
+FAULT_MARKS = [
+    pytest.mark.faults,
+    pytest.mark.usefixtures("no_tracking"),
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+]
+
 # The job of the training faults: the smallest model, finetuned on the tiny NYUD-v2.
 JOB, STAGE = "stl_depth", "finetune"
 

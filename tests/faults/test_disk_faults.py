@@ -14,6 +14,7 @@ from conftest import SMOKE
 from densepred.engine import checkpoint
 from engine_fixtures import no_tracking, tiny_data  # noqa: F401 (fixtures)
 from fault_helpers import (  # noqa: F401 (fixtures)
+    FAULT_MARKS,
     JOB,
     assert_fault,
     finish,
@@ -27,11 +28,7 @@ from fault_helpers import (  # noqa: F401 (fixtures)
     trained,
 )
 
-pytestmark = [
-    pytest.mark.faults,
-    pytest.mark.usefixtures("no_tracking"),
-    pytest.mark.filterwarnings("ignore::UserWarning"),
-]
+pytestmark = FAULT_MARKS
 
 # The file system claims plenty of room, so that prepare starts writing and meets the real ENOSPC.
 ROOMY_DISK = """

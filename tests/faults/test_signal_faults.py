@@ -18,6 +18,7 @@ from densepred.engine.checkpoint import load_checkpoint
 from densepred.io import host_tag
 from engine_fixtures import no_tracking, tiny_data, tiny_params_file  # noqa: F401 (fixtures)
 from fault_helpers import (  # noqa: F401 (fixtures)
+    FAULT_MARKS,
     SIGNAL_EXIT,
     SLOW_SHARDS,
     assert_fault,
@@ -35,11 +36,7 @@ from fault_helpers import (  # noqa: F401 (fixtures)
     wait_for_temp,
 )
 
-pytestmark = [
-    pytest.mark.faults,
-    pytest.mark.usefixtures("no_tracking"),
-    pytest.mark.filterwarnings("ignore::UserWarning"),
-]
+pytestmark = FAULT_MARKS
 
 ITERATIONS = 40  # long enough to be interrupted after the first checkpoint (every 2 steps)
 
