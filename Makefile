@@ -7,7 +7,7 @@ STAMP := $(VENV)/.pyproject.sha256
 RUN := PATH="$(BIN):$$PATH"
 CORES ?= all
 
-.PHONY: help venv bytecode table2 all test test-fast lint format schema report clean-results
+.PHONY: help venv bytecode table2 all test test-fast lint format schema report rehearse clean-results
 
 help:
 	@echo "make table2     build .venv if needed, then snakemake --cores $(CORES) results/table2.csv"
@@ -16,6 +16,7 @@ help:
 	@echo "make test-fast  tests not marked slow"
 	@echo "make lint       ruff check + format check"
 	@echo "make report     run results/all, then snakemake --report report.html (tables as HTML pages)"
+	@echo "make rehearse   the paper profile rehearsed on synthetic data at paper sizes (results/rehearsal/)"
 
 venv:
 	@want=$$(sha256sum pyproject.toml | cut -d' ' -f1); \
@@ -59,3 +60,8 @@ schema: venv
 report: bytecode
 	$(RUN) snakemake --cores $(CORES) results/all
 	$(RUN) snakemake --cores $(CORES) --report report.html results/all
+
+# The paper profile rehearsed: params/paper.yaml with the override set params/rehearse.yaml (synthetic
+# data at the real sizes, 2 steps per stage, 2 trials per sweep), every target of results/all.
+rehearse: bytecode
+	$(RUN) snakemake --cores $(CORES) --keep-going results/rehearsal/all --configfile params/paper.yaml params/rehearse.yaml

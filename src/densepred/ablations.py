@@ -60,7 +60,7 @@ def ablation_table(params: Params, table: str, sweeps_dir: str | Path) -> pd.Dat
     metrics = [(c, k) for c, k, task in ABLATION_METRICS if task in tasks]
     rows = [row for name in sweeps for row in _sweep_rows(params, name, Path(sweeps_dir), metrics)]
     frame = pd.DataFrame(rows, columns=META_COLUMNS + [c for c, _ in metrics])
-    if params.synth is None:
+    if params.compares_to_papers:
         frame = _with_reported(frame, [c for c, _ in metrics])
     return frame
 

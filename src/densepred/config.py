@@ -365,6 +365,9 @@ class SweepCfg(Strict):
     resources: TrialResources = TrialResources()
     max_failures: int = Field(1, ge=0, description="retries of a failing trial")
     max_concurrent: int | None = Field(None, gt=0)
+    max_trials: int | None = Field(
+        None, gt=0, description="run only the first N trials in declared order (rehearsals); null: all"
+    )
 
     @model_validator(mode="after")
     def _has_settings(self) -> SweepCfg:
@@ -400,6 +403,12 @@ class RuntimeCfg(Strict):
     threads: int = Field(1, ge=1, description="CPU threads per training/evaluation job")
     gpus_per_job: int = Field(0, ge=0, description="GPUs per training job (Snakemake resource)")
     mem_mb: int = Field(4000, gt=0, description="memory per job (Snakemake resource)")
+    keep_last_checkpoint: bool = Field(
+        False,
+        description="keep checkpoints/last.pt after final.pt is written; by default it is removed, since "
+        "it holds the optimiser state (about 2.8 GB for PolyMaX ConvNeXt-L) and a finished stage "
+        "never resumes",
+    )
 
 
 class TrackingCfg(Strict):
@@ -449,6 +458,11 @@ class Params(Strict):
     tracking: TrackingCfg = TrackingCfg()
     runtime: RuntimeCfg = RuntimeCfg()
     synth: SynthCfg | None = Field(None, description="present only in synthetic profiles")
+    rehearsal: bool = Field(
+        False,
+        description="a real-data profile run on synthetic data of the same sizes (params/rehearse.yaml): "
+        "its tables carry the paper columns although the data is synthetic",
+    )
     presets: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="named stage settings a job's stage starts from ({preset: name})"
     )
@@ -479,6 +493,12 @@ class Params(Strict):
                 if job not in self.jobs:
                     raise ValueError(f"figure7.jobs: no job named {job!r}")
         return self
+
+    @property
+    def compares_to_papers(self) -> bool:
+        """Whether tables put the papers' numbers beside ours: real data, or a rehearsal of a
+        real-data profile (whose differences only show that the columns line up)."""
+        return self.synth is None or self.rehearsal
 
     def job(self, name: str) -> JobCfg:
         """The job `name`, with an error listing the known jobs."""

@@ -40,7 +40,8 @@ class Trial:
 
 
 def expand_trials(sweep: SweepCfg, name: str = "sweep") -> list[Trial]:
-    """The trials of a sweep in declared order: variants crossed with the grid's cartesian product.
+    """The trials of a sweep in declared order: variants crossed with the grid's cartesian product,
+    the first `max_trials` of them when the sweep sets it (a rehearsal's short sweeps).
 
     A grid point is named after the last component of each key and its value (`num_queries_8`,
     `decoder_layers_1-1-1`; several keys joined by `__`); with variants as well, `<variant>__<point>`.
@@ -75,7 +76,7 @@ def expand_trials(sweep: SweepCfg, name: str = "sweep") -> list[Trial]:
         if trial.variant in seen:
             raise ValueError(f"sweeps.{name}: two settings are both named {trial.variant!r}; use variants")
         seen.add(trial.variant)
-    return trials
+    return trials if sweep.max_trials is None else trials[: sweep.max_trials]
 
 
 def _slug(value: Any) -> str:

@@ -15,8 +15,9 @@ seed against the single-task references of the same seed, and table 2 gives its 
 `delta_m_pct_ci95_low` / `delta_m_pct_ci95_high`, the 95 % Student-t interval over the seeds.
 
 Rows are sorted and columns fixed, so the CSVs are byte-stable for git and DVC diffs. With a real-data
-profile (no `synth:` section), the papers' reported numbers and our difference appear beside each
-metric as `<column>_paper` and `<column>_diff`.
+profile (no `synth:` section) or a rehearsal of one (`rehearsal: true`, params/rehearse.yaml; its
+`profile` column reads `paper-rehearsal`), the papers' reported numbers and our difference appear beside
+each metric as `<column>_paper` and `<column>_diff`.
 
 `miou_pct` is the published multi-task convention: the mean IoU over all classes of the dataset, a
 class absent from both prediction and ground truth counting 0 (`semseg/miou_all`, as MTI-Net, ATRC,
@@ -210,7 +211,7 @@ def table2(params: Params, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     for i, column in enumerate(DELTA_M_CI):
         frame.insert(position + i, column, [by_job[j][i] for j in frame["job"]])
     frame = _sorted(frame, ["model", "tasks", "job"])
-    return frame if params.synth is not None else _with_reported(frame, reported_table2)
+    return _with_reported(frame, reported_table2) if params.compares_to_papers else frame
 
 
 def table3(params: Params) -> pd.DataFrame:
@@ -227,7 +228,7 @@ def table3(params: Params) -> pd.DataFrame:
             rows.append({**metric_row(params, name, result, "taskonomy"), "seed": seed})
     runs = pd.DataFrame(rows, columns=[*META_COLUMNS, "seed", *_metric_names(), *COST_COLUMNS])
     frame = _sorted(_over_seeds(runs, _metric_names()), ["model", "tasks", "job"])
-    return frame if params.synth is not None else _with_reported(frame, reported_table3)
+    return _with_reported(frame, reported_table3) if params.compares_to_papers else frame
 
 
 def figure7_runs(params: Params) -> pd.DataFrame:

@@ -11,9 +11,10 @@ from densepred.config import ParamsError, load_params, read_yaml
 from densepred.dvc_stages import dvc_names
 from densepred.pipeline import Command, build_stages, config_overrides
 
+# `--configfile PROFILE [OVERRIDE_SET ...]`: the first file is the profile; any further files are
+# override sets (params/rehearse.yaml), which Snakemake merges into `config` and which therefore reach
+# every stage as `--set` overrides, exactly like `--config`.
 if workflow.overwrite_configfiles:
-    if len(workflow.overwrite_configfiles) != 1:
-        raise ValueError("give exactly one params profile with --configfile (e.g. params/paper.yaml)")
     PARAMS_FILE = os.path.relpath(workflow.overwrite_configfiles[0])
 else:
     PARAMS_FILE = "params/smoke.yaml"

@@ -20,9 +20,10 @@ for _stage in stages_of("tables"):
 
 
 rule results_all:
-    """`snakemake results/all`: every table and figure, then a stamp listing them."""
+    """`snakemake results/all`: every table and figure, then a stamp listing them (under the profile's
+    results folder: `results/rehearsal/all` for the rehearsal)."""
     input:
         rules.all.input,
     output:
-        touch("results/all"),
+        touch(str(Path(PARAMS.paths.results) / "all")),
     localrule: True

@@ -7,7 +7,8 @@ here looks a job or a stage up in the params again. File names come from densepr
 Outputs in the run folder `out/` (`run.out`):
 
     checkpoints/last.pt   rolling, resumable checkpoint (model, optimiser, scheduler, RNG, step),
-                          rewritten atomically every `checkpoint_every` steps and on SIGTERM
+                          rewritten atomically every `checkpoint_every` steps and on SIGTERM;
+                          removed once final.pt is written (`runtime.keep_last_checkpoint` keeps it)
     final.pt              the stage's output (model weights + meta); written last, atomically, so
                           its existence means the stage is complete
     config.yaml           resolved job config, profile, seed, git commit, world size
@@ -373,6 +374,10 @@ class Trainer:
                 "meta": {**self.meta, "weights_digest": self.weights_digest},
             }
             save_checkpoint(path, payload)
+            if not self.run.runtime.keep_last_checkpoint:
+                # final.pt is the stage's output and a finished stage never resumes, so the resumable
+                # checkpoint (weights + optimiser state, 3x final.pt with AdamW) is only disk use
+                self.last_path.unlink(missing_ok=True)
         dist_utils.barrier(self.env)
         return path
 
