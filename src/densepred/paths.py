@@ -192,3 +192,8 @@ def table_runs_path(params: Params, name: str) -> str:
 def log_path(params: Params, stage_name: str) -> str:
     """A pipeline stage's log file."""
     return str(Path("logs") / params.profile / f"{stage_name}.log")
+
+
+def benchmark_path(params: Params, stage_name: str) -> str:
+    """Snakemake's benchmark record of a stage (wall time, peak resident memory `max_rss` in MB)."""
+    return str(Path("logs") / params.profile / "benchmarks" / f"{stage_name}.tsv")

@@ -121,6 +121,7 @@ class Stage:
     param_keys: tuple[str, ...] = ()
     settings: str = "{}"
     log: str = ""
+    benchmark: str = ""  # Snakemake's record of the stage's wall time and peak memory
     threads: int = 1
     priority: int = 0
     resources: dict[str, int] = field(default_factory=dict, compare=False, hash=False)
@@ -209,6 +210,7 @@ class _Builder:
             param_keys=tuple(k for k in keys if _has(self.tree, k)),
             settings=_canonical(settings),
             log=paths.log_path(self.p, name),
+            benchmark=paths.benchmark_path(self.p, name),
             **kw,
         )
         self.stages.append(stage)

@@ -14,6 +14,8 @@ for _stage in stages_of("synth", "prepare"):
             **params_of(_stage),
         log:
             _stage.log,
+        benchmark:
+            _stage.benchmark,
         threads: _stage.threads
         resources:
             mem_mb=PARAMS.runtime.mem_mb,

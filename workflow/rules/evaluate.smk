@@ -14,6 +14,8 @@ for _stage in stages_of("evaluate"):
             **params_of(_stage),
         log:
             _stage.log,
+        benchmark:
+            _stage.benchmark,
         threads: _stage.threads
         resources:
             **_stage.resources,

@@ -15,6 +15,8 @@ for _stage in stages_of("train"):
             **params_of(_stage),
         log:
             _stage.log,
+        benchmark:
+            _stage.benchmark,
         threads: _stage.threads
         priority: _stage.priority
         resources:

@@ -15,6 +15,8 @@ for _stage in stages_of("tune"):
             **params_of(_stage),
         log:
             _stage.log,
+        benchmark:
+            _stage.benchmark,
         threads: _stage.threads
         resources:
             **_stage.resources,
