@@ -40,3 +40,9 @@ def test_disabled_progress_prints_nothing():
 
 def test_format_eta():
     assert format_eta(3725) == "1:02:05" and format_eta(float("nan")) == "?"
+
+
+def test_slow_rates_keep_their_digits():
+    from densepred.engine.progress import format_rate
+
+    assert [format_rate(r) for r in (35.24, 0.1, 0.024198, 0.0)] == ["35.2", "0.1", "0.024", "0"]

@@ -45,13 +45,18 @@ def _params(args: argparse.Namespace) -> Params:
     return load_params(args.params, args.set)
 
 
+def _files(args: argparse.Namespace) -> str:
+    """The params files of a command, as the user gave them (a profile, then any override sets)."""
+    return " ".join(args.params)
+
+
 def cmd_synth(args: argparse.Namespace) -> None:
     params = _params(args)
     from densepred.data.synthetic import synthesize_nyud, synthesize_taskonomy
     from densepred.io import atomic_dir
 
     if params.synth is None:
-        raise ValueError(f"{args.params}: profile {params.profile!r} has no `synth:` section (real data)")
+        raise ValueError(f"{_files(args)}: profile {params.profile!r} has no `synth:` section (real data)")
     cfg = params.synth
     writers = {  # the seed offsets keep each dataset the same whichever way it is generated
         "nyud": lambda out: synthesize_nyud(out, seed=cfg.seed, **cfg.nyud.model_dump()),
@@ -73,7 +78,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     from densepred.data.prepare import prepare_dataset
 
     if args.dataset not in params.datasets:
-        raise ValueError(f"{args.params}: no `datasets.{args.dataset}` section")
+        raise ValueError(f"{_files(args)}: no `datasets.{args.dataset}` section")
     cfg = params.datasets[args.dataset]
     options = {}
     if args.dataset == "taskonomy":
@@ -105,7 +110,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_tune(args: argparse.Namespace) -> None:
     from densepred.tune import run_sweep
 
-    run_sweep(_params(args), args.sweep, Path(args.out), params_path=Path(args.params), overrides=args.set)
+    run_sweep(_params(args), args.sweep, Path(args.out), params_path=_files(args), overrides=args.set)
 
 
 def cmd_tables(args: argparse.Namespace) -> None:
@@ -130,9 +135,14 @@ def cmd_dvc(args: argparse.Namespace) -> None:
     from densepred.io import atomic_write_text
     from densepred.pipeline import build_stages
 
-    params = _params(args)
-    doc = dvc_yaml(build_stages(params, args.params, args.set), args.params)
-    header = f"# Generated from src/densepred/pipeline.py by `densepred dvc --params {args.params}`.\n"
+    if len(args.params) != 1:
+        raise ValueError(
+            f"densepred dvc: give one params file (got {_files(args)}): dvc.yaml's stages list the keys "
+            "they read from one file"
+        )
+    params, path = _params(args), args.params[0]
+    doc = dvc_yaml(build_stages(params, path, args.set), path)
+    header = f"# Generated from src/densepred/pipeline.py by `densepred dvc --params {path}`.\n"
     text = yaml.safe_dump(doc, sort_keys=False, width=110, default_flow_style=None)
     atomic_write_text(Path(args.out), header + text)
     print(f"wrote {args.out} ({len(doc['stages'])} stages)")
@@ -168,7 +178,14 @@ def _add_common(p: argparse.ArgumentParser, params: bool = True) -> None:
         "--debug", action="store_true", help="on an error, print the full traceback (as DENSEPRED_DEBUG=1)"
     )
     if params:
-        p.add_argument("--params", required=True, metavar="P", help="params profile (e.g. params/smoke.yaml)")
+        p.add_argument(
+            "--params",
+            required=True,
+            nargs="+",
+            metavar="P",
+            help="params profile (e.g. params/smoke.yaml), optionally followed by override sets merged "
+            "over it in order (params/paper.yaml params/rehearse.yaml)",
+        )
     p.add_argument(
         "--set",
         action="append",

@@ -656,10 +656,32 @@ def with_overrides(
     return tree
 
 
-def load_params(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Params:
-    """Load a profile, apply dotted `overrides` (KEY=VALUE), validate."""
-    tree = with_overrides(read_yaml(Path(path)), overrides)
-    source = str(path) + (f" (with --set {', '.join(overrides)})" if overrides else "")
+ParamsFiles = str | Path | Sequence[str | Path]
+
+
+def profile_files(path: ParamsFiles) -> list[Path]:
+    """A profile and its override sets as a list of paths: one path, or [profile, override set, ...]."""
+    files = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
+    if not files:
+        raise ParamsError("no params file given")
+    return files
+
+
+def read_profile(path: ParamsFiles) -> dict[str, Any]:
+    """A profile's raw tree with its override sets merged over it in order (params/rehearse.yaml over
+    params/paper.yaml), key by key as Snakemake merges several `--configfile`s."""
+    profile, *override_sets = profile_files(path)
+    tree = read_yaml(profile)
+    for extra in override_sets:
+        tree = deep_merge(tree, read_yaml(extra))
+    return tree
+
+
+def load_params(path: ParamsFiles, overrides: list[str] | tuple[str, ...] = ()) -> Params:
+    """Load a profile (and any override sets after it), apply dotted `overrides` (KEY=VALUE), validate."""
+    tree = with_overrides(read_profile(path), overrides)
+    source = " + ".join(str(f) for f in profile_files(path))
+    source += f" (with --set {', '.join(overrides)})" if overrides else ""
     return validate(tree, source)
 
 

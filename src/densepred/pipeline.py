@@ -37,8 +37,10 @@ from densepred import paths
 from densepred.config import (
     PRESET_KEY,
     Params,
+    ParamsFiles,
     merge_presets,
-    read_yaml,
+    profile_files,
+    read_profile,
     validate,
     with_overrides,
 )
@@ -176,11 +178,12 @@ class _Builder:
     """Accumulates the stages of one profile."""
 
     def __init__(
-        self, params: Params, params_path: Path, tree: dict[str, Any], sets: tuple[str, ...]
+        self, params: Params, files: list[Path], tree: dict[str, Any], sets: tuple[str, ...]
     ) -> None:
         self.p = params
-        self.path = str(params_path)
-        self.tree = tree  # the params file's own tree (overrides applied, presets not merged)
+        self.files = tuple(str(f) for f in files)  # the profile, then its override sets
+        self.path = " + ".join(self.files)  # names the files in error messages
+        self.tree = tree  # the params files' own tree (overrides applied, presets not merged)
         self.merged = merge_presets(tree, self.path)
         self.sets = sets
         self.stages: list[Stage] = []
@@ -204,7 +207,7 @@ class _Builder:
         stage = Stage(
             name=name,
             kind=kind,
-            argv=("densepred", args[0], "--params", self.path, *args[1:], *set_args),
+            argv=("densepred", args[0], "--params", *self.files, *args[1:], *set_args),
             deps=tuple(deps),
             outs=tuple(outs),
             param_keys=tuple(k for k in keys if _has(self.tree, k)),
@@ -515,12 +518,14 @@ def figure8_job(params: Params) -> str | None:
 
 
 def build_stages(
-    params: Params, params_path: str | Path, overrides: list[str] | tuple[str, ...] = ()
+    params: Params, params_path: ParamsFiles, overrides: list[str] | tuple[str, ...] = ()
 ) -> list[Stage]:
-    """Every stage of the profile, in dependency order. `overrides` (KEY=VALUE, as `--set`) were
-    applied to `params` already; they are passed on to every stage's command."""
-    tree = with_overrides(read_yaml(Path(params_path)), overrides)
-    b = _Builder(params, Path(params_path), tree, tuple(overrides))
+    """Every stage of the profile, in dependency order. `params_path` is the profile's file, or the
+    profile followed by its override sets (params/rehearse.yaml), which every command receives as
+    `--params PROFILE SET...`. `overrides` (KEY=VALUE, as `--set`) were applied to `params` already;
+    they are passed on to every stage's command."""
+    tree = with_overrides(read_profile(params_path), overrides)
+    b = _Builder(params, profile_files(params_path), tree, tuple(overrides))
     b.data()
     b.jobs()
     b.figure7()

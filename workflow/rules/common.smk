@@ -7,29 +7,30 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from densepred.config import ParamsError, load_params, read_yaml
+from densepred.config import ParamsError, load_params, read_profile
 from densepred.dvc_stages import dvc_names
 from densepred.pipeline import Command, build_stages, config_overrides
 
-# `--configfile PROFILE [OVERRIDE_SET ...]`: the first file is the profile; any further files are
-# override sets (params/rehearse.yaml), which Snakemake merges into `config` and which therefore reach
-# every stage as `--set` overrides, exactly like `--config`.
+# `--configfile PROFILE [OVERRIDE_SET ...]`: the first file is the profile, any further ones are override
+# sets merged over it in order (params/rehearse.yaml); every stage's command gets the same files
+# (`--params PROFILE OVERRIDE_SET...`).
 if workflow.overwrite_configfiles:
-    PARAMS_FILE = os.path.relpath(workflow.overwrite_configfiles[0])
+    PARAMS_FILES = [os.path.relpath(f) for f in workflow.overwrite_configfiles]
 else:
-    PARAMS_FILE = "params/smoke.yaml"
+    PARAMS_FILES = ["params/smoke.yaml"]
 
-    configfile: PARAMS_FILE
+    configfile: PARAMS_FILES[0]
 
 
+PARAMS_FILE = PARAMS_FILES[0]
 try:
-    OVERRIDES = config_overrides(config, read_yaml(Path(PARAMS_FILE)))
-    PARAMS = load_params(PARAMS_FILE, OVERRIDES)
+    OVERRIDES = config_overrides(config, read_profile(PARAMS_FILES))
+    PARAMS = load_params(PARAMS_FILES, OVERRIDES)
 except ParamsError as exc:
     sys.exit(f"densepred: {exc}")
 # the resolved profile (presets merged, overrides applied) against the exported schema
 validate(PARAMS.model_dump(mode="json"), "../schemas/params.schema.json", set_default=False)
-STAGES = build_stages(PARAMS, PARAMS_FILE, OVERRIDES)
+STAGES = build_stages(PARAMS, PARAMS_FILES, OVERRIDES)
 
 
 def stages_of(*kinds):
@@ -78,7 +79,7 @@ def dvc_commit(log):
     profile with no --config."""
     if not Path(".dvc").is_dir() or not Path("dvc.yaml").is_file():
         return
-    if OVERRIDES or PARAMS_FILE != "params/smoke.yaml":
+    if OVERRIDES or PARAMS_FILES != ["params/smoke.yaml"]:
         print("dvc.lock not updated: dvc.yaml describes params/smoke.yaml without overrides", file=sys.stderr)
         return
     names = dvc_names(STAGES, PARAMS_FILE)  # rule -> DVC stage (`finetune@polymax_depth`)

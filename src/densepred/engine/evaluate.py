@@ -291,6 +291,7 @@ def _evaluate_checkpoint(
             "checkpoint": str(ckpt_path),
             "num_images": total,
             "input_size": list(input_size),
+            "boundary_thresholds": len(suite.meters["edge"].thresholds) if "edge" in suite.meters else None,
             "flops_convention": FLOPS_CONVENTION,
             **count_cost(model, input_size),
         }

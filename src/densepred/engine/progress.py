@@ -15,6 +15,12 @@ import time
 from typing import TextIO
 
 
+def format_rate(images_per_s: float) -> str:
+    """Images per second with one decimal, or two significant digits below 0.1 (paper-size models on
+    a CPU train at about 0.02 img/s, which one decimal would show as 0.0)."""
+    return f"{images_per_s:.1f}" if images_per_s >= 0.1 else f"{images_per_s:.2g}"
+
+
 def format_eta(seconds: float) -> str:
     """Seconds as H:MM:SS ('?' when unknown)."""
     if seconds != seconds or seconds < 0 or seconds == float("inf"):
@@ -67,7 +73,7 @@ class Progress:
         pct = 100.0 * step / self.total
         self.write(
             f"step {step}/{self.total} ({pct:.0f}%) loss {loss:.4f} lr {lr:.2e} "
-            f"{images_per_s:.1f} img/s eta {format_eta(eta)}"
+            f"{format_rate(images_per_s)} img/s eta {format_eta(eta)}"
         )
 
     def write(self, message: str) -> None:
