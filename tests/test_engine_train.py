@@ -99,6 +99,18 @@ def test_sigterm_checkpoints_exits_143_and_resumes(setup, tmp_path):
     assert_bitwise_equal(load_weights(out / "final.pt"), load_weights(setup["reference"] / "final.pt"))
 
 
+def test_resumable_checkpoint_is_removed_once_final_is_written(setup, tmp_path, monkeypatch):
+    """By default last.pt (weights + optimiser state: 2.8 GB for PolyMaX ConvNeXt-L, one per stage of
+    the paper profile) goes once final.pt is written; a finished stage never resumes from it."""
+    monkeypatch.setenv("DENSEPRED_TRACKING", "off")
+    params = load_params(setup["path"], [o for o in OVERRIDES if not o.startswith("runtime.keep_last")])
+    assert params.runtime.keep_last_checkpoint is False
+    out = tmp_path / "default"
+    train(params, JOB, STAGE, out)
+    assert (out / "final.pt").is_file() and not (out / "checkpoints" / "last.pt").exists()
+    assert (setup["reference"] / "checkpoints" / "last.pt").is_file()  # kept on request
+
+
 def test_completed_stage_is_not_rerun(setup):
     final = setup["reference"] / "final.pt"
     before = final.stat().st_mtime_ns
