@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from densepred.config import load_params
-from densepred.engine.evaluate import count_cost, valid_parts
+from densepred.engine.evaluate import count_cost, eigen_crop_applies, valid_parts
 from engine_fixtures import (  # noqa: F401 (fixtures)
     evaluate,
     figures,
@@ -56,6 +56,18 @@ def test_same_command_twice_gives_the_same_metrics_json(tiny_data, tmp_path):  #
     assert sorted(pngs) == ["prediction_000.png", "prediction_001.png"]
     on_disk = json.loads(json_bytes)
     assert list(on_disk) == sorted(on_disk)
+
+
+def test_eigen_crop_applies_to_480x640_frames_only(tiny_data, tmp_path):  # noqa: F811
+    """The paper profile asks for the Eigen crop; on frames of another size (the multi-task layout's
+    425x560, here the tiny 48x64) the evaluation runs without it and says so, instead of failing."""
+    overrides = [*short("mtl_baseline", "finetune", 1), "jobs.mtl_baseline.evaluate.eigen_crop=true"]
+    params = load_params(tiny_params_file(tiny_data, tmp_path), overrides)
+    result = train_and_evaluate(params, "mtl_baseline", "finetune", tmp_path / "out")
+    assert result["meta"]["eigen_crop"] is False and result["meta"]["frame_size"] == [48, 64]
+    assert result["meta"]["input_size"] == [64, 64] and isinstance(result["depth_eigen/rms"], float)
+    assert eigen_crop_applies(True, (480, 640)) and not eigen_crop_applies(False, (480, 640))
+    assert not eigen_crop_applies(True, (425, 560))
 
 
 def test_count_cost_by_hand():

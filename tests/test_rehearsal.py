@@ -117,20 +117,20 @@ MULTITASK_LAYOUT = {
         }
     },
 }
-# (override files, target rules, {job: (backbone, evaluated frame size, boundary thresholds)})
+# (override files, {job: (backbone, frame size, padded input size, Eigen crop, boundary thresholds)})
 RUNS = (
     (
         ["ci.yaml"],
         {
-            "polymax_semseg": ("convnext_large", [480, 640], None),
-            "deeplab_depth": ("resnet50", [480, 640], None),
+            "polymax_semseg": ("convnext_large", [480, 640], [480, 640], False, None),
+            "deeplab_depth": ("resnet50", [480, 640], [480, 640], True, None),
         },
     ),
     (
         ["ci.yaml", "multitask.yaml"],
         {
-            "mqtransformer": ("swin_large_patch4_window7_224", [425, 560], 101),
-            "mtl_baseline": ("swin_large_patch4_window7_224", [425, 560], 101),
+            "mqtransformer": ("swin_large_patch4_window7_224", [425, 560], [448, 576], False, 101),
+            "mtl_baseline": ("swin_large_patch4_window7_224", [425, 560], [448, 576], False, 101),
         },
     ),
 )
@@ -165,10 +165,11 @@ def test_reduced_rehearsal_every_model_family_at_paper_size(tmp_path):
         for name in extra:
             tree = deep_merge(tree, read_yaml(root / "params" / name))
         runs_dir = root / tree["paths"]["runs"]
-        for job, (backbone, size, thresholds) in jobs.items():
+        for job, (backbone, frame, size, eigen_crop, thresholds) in jobs.items():
             result = json.loads((runs_dir / job / "eval" / "nyud.json").read_text())
             meta = result["meta"]
-            assert meta["backbone"] == backbone and meta["input_size"] == size, meta
+            assert meta["backbone"] == backbone and meta["frame_size"] == frame, meta
+            assert meta["input_size"] == size and meta["eigen_crop"] is eigen_crop, meta
             assert meta["num_images"] == 2 and meta["profile"] == tree["profile"], meta
             assert meta["boundary_thresholds"] == thresholds, meta
             metrics = {k: v for k, v in result.items() if k != "meta"}

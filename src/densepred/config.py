@@ -296,7 +296,11 @@ class EvalCfg(Strict):
     boundary_thresholds: int | list[float] = Field(
         101, description="n: SEISM/HED set 0.001, k/(n-1) for k=1..n-2, 0.999; or an explicit list"
     )
-    eigen_crop: bool = Field(False, description="Eigen crop; only applies to 480x640 inputs")
+    eigen_crop: bool = Field(
+        False,
+        description="Eigen crop of the eigen depth protocol, on 480x640 frames (the official release); "
+        "frames of other sizes (the multi-task layout's 425x560) are evaluated whole",
+    )
     num_qualitative: int = Field(4, ge=0, description="prediction PNGs written")
 
 

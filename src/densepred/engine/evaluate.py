@@ -57,6 +57,7 @@ from densepred.engine.distributed import DistEnv
 from densepred.engine.runtime import autocast_context, job_settings, to_device, uses_channels_last
 from densepred.io import atomic_dir, atomic_write_json
 from densepred.metrics import MetricSuite
+from densepred.metrics.depth import EIGEN_FRAME
 from densepred.stage_run import StageRun
 from densepred.tasks import dataset_info
 
@@ -132,6 +133,25 @@ def _crop(values: dict[str, Any], rows: slice, size: list[int]) -> dict[str, Any
         k: v[rows, ..., : size[0], : size[1]] if isinstance(v, torch.Tensor) and v.ndim >= 3 else v
         for k, v in values.items()
     }
+
+
+def frame_size(sample: dict[str, Any]) -> tuple[int, int]:
+    """An evaluation sample's frame size (H, W) before EvalTransform's padding."""
+    if "valid_size" in sample:
+        return tuple(int(v) for v in sample["valid_size"].tolist())
+    return tuple(int(v) for v in sample["image"].shape[-2:])
+
+
+def eigen_crop_applies(requested: bool, frame: tuple[int, int]) -> bool:
+    """Whether the eigen protocol's crop applies: it was asked for (`evaluate.eigen_crop`) and the
+    frames are the official release's 480x640, on which the crop is defined (Eigen et al. 2014).
+
+    The multi-task layout's 425x560 frames (ATRC, MTI-Net, MQTransformer) are the 480x640 frames
+    already cut inside the registration border, and that protocol applies no further crop
+    (MQTransformer Sec. IV-A evaluates them whole), so one params profile evaluates either layout;
+    the metrics JSON records which (`meta.eigen_crop`, `meta.frame_size`).
+    """
+    return requested and tuple(frame) == EIGEN_FRAME
 
 
 def valid_parts(
@@ -266,8 +286,17 @@ def _evaluate_checkpoint(
     data = build_eval_dataset(run, list(meta["tasks"]))
     if len(data) == 0:
         raise ValueError(f"{ds_name} split {settings.split!r} has no images to evaluate")
+    frame = frame_size(data[0])
+    eigen_crop = eigen_crop_applies(settings.eigen_crop, frame)
+    if settings.eigen_crop and not eigen_crop:
+        print(
+            f"[{run.job}/evaluate] frames are {frame[0]}x{frame[1]}, not {EIGEN_FRAME[0]}x{EIGEN_FRAME[1]}: "
+            "the Eigen crop is not applied (the multi-task layout's frames are already cut from the "
+            "frame's border)",
+            flush=True,
+        )
     suite = MetricSuite.build(
-        meta["tasks"], ds_name, meta["num_classes"], settings.boundary_thresholds, settings.eigen_crop
+        meta["tasks"], ds_name, meta["num_classes"], settings.boundary_thresholds, eigen_crop
     )
     seen = run_metrics(model, eval_loader(data, settings.batch_size, env), suite, run.runtime, env)
     suite.sync()
@@ -291,6 +320,8 @@ def _evaluate_checkpoint(
             "checkpoint": str(ckpt_path),
             "num_images": total,
             "input_size": list(input_size),
+            "frame_size": list(frame),
+            "eigen_crop": eigen_crop,
             "boundary_thresholds": len(suite.meters["edge"].thresholds) if "edge" in suite.meters else None,
             "flops_convention": FLOPS_CONVENTION,
             **count_cost(model, input_size),
