@@ -122,7 +122,7 @@ RUNS = (
     (
         ["ci.yaml"],
         {
-            "polymax_semseg": ("convnext_large", [480, 640], [480, 640], False, None),
+            "polymax_semseg": ("convnext_large", [480, 640], [480, 640], True, None),
             "deeplab_depth": ("resnet50", [480, 640], [480, 640], True, None),
         },
     ),
