@@ -27,16 +27,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-PROFILES = {"smoke": ROOT / "params" / "smoke.yaml", "paper": ROOT / "params" / "paper.yaml"}
+from harness import (
+    PROFILES,
+    ROOT,
+    build_training,
+    load_job,
+    peak_memory_mb,
+    peak_rss_mb,
+    rss_mb,
+    run_child,
+    synthetic_batch,
+    timed_steps,
+    train_step,
+)
+
 DEFAULT_JOBS = ("polymax_semseg", "polymax_depth", "mqtransformer", "deeplab_depth", "mtl_baseline")
 OUT = ROOT / "bench" / "out" / "bench_train.json"
 
@@ -44,76 +52,26 @@ OUT = ROOT / "bench" / "out" / "bench_train.json"
 # ------------------------------------------------------------------------------ one configuration
 
 
-def synthetic_batch(tasks: list[str], dataset: str, batch: int, size: tuple[int, int], device) -> dict:
-    """A batch with the shapes, dtypes and value ranges of real data (valid everywhere)."""
-    import torch
-
-    from densepred.tasks import dataset_info
-
-    info = dataset_info(dataset)
-    gen = torch.Generator().manual_seed(0)
-    h, w = size
-    out: dict[str, Any] = {"image": torch.rand(batch, 3, h, w, generator=gen)}
-    if "semseg" in tasks:
-        out["semseg"] = torch.randint(0, info.num_classes, (batch, h, w), generator=gen)
-    if "depth" in tasks:
-        out["depth"] = torch.rand(batch, 1, h, w, generator=gen) * (info.max_depth - 0.5) + 0.5
-    if "normals" in tasks:
-        normals = torch.randn(batch, 3, h, w, generator=gen)
-        out["normals"] = normals / normals.norm(dim=1, keepdim=True)
-    if "edge" in tasks:
-        out["edge"] = (torch.rand(batch, 1, h, w, generator=gen) > 0.9).float()
-    return {k: v.to(device) for k, v in out.items()}
-
-
-def rss_mb() -> float:
-    """Current resident set size in MiB (Linux /proc)."""
-    with open("/proc/self/statm") as handle:
-        pages = int(handle.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def measure(config: dict[str, Any]) -> dict[str, Any]:
     """Run one configuration in this process; returns its row."""
     import torch
 
-    from densepred.config import RuntimeCfg, load_params
-    from densepred.engine.build import build_criterion, build_model
-    from densepred.engine.optim import build_optimizer
-    from densepred.engine.runtime import autocast_context, to_device
+    from densepred.config import RuntimeCfg
+    from densepred.engine.distributed import DistEnv
+    from densepred.engine.runtime import to_device
 
     torch.set_num_threads(config["threads"])
-    params = load_params(PROFILES[config["profile"]], [f"jobs.{config['job']}.model.pretrained_file=null"])
-    job = params.job(config["job"])
-    stage = job.finetune or job.pretrain
+    job, stage, _ = load_job(PROFILES[config["profile"]], config["job"])
     device = torch.device(config["device"])
-    runtime = RuntimeCfg(amp=config["amp"], channels_last=config["channels_last"])
+    runtime = RuntimeCfg(amp=config["amp"], channels_last=config["channels_last"], compile=config["compile"])
     size = tuple(stage.crop)
     baseline = rss_mb()
-    torch.manual_seed(0)
-    model = build_model(job.model, list(job.tasks), stage.dataset).to(device).train()
-    if config["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
-    criterion = build_criterion(job, stage).to(device)
-    optimizer = build_optimizer(model, stage.optimizer)
-    step_fn = torch.compile(model) if config["compile"] else model
-    batch = synthetic_batch(list(job.tasks), stage.dataset, config["batch"], size, device)
-    batch = to_device(batch, device, config["channels_last"])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for step in range(config["warmup"] + config["steps"]):
-        start = time.perf_counter()
-        with autocast_context(runtime, device):
-            outputs = step_fn(batch["image"])
-        loss = criterion(outputs, batch)["total"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if step >= config["warmup"]:
-            times.append(time.perf_counter() - start)
+    training = build_training(job, stage, runtime, DistEnv(device=device))
+    batch = synthetic_batch(list(job.tasks), stage.dataset, config["batch"], size, device)
+    batch = to_device(batch, device, config["channels_last"] and device.type == "cuda")
+    _, times = timed_steps(lambda: train_step(training, batch), config["warmup"], config["steps"], device)
     median = statistics.median(times)
     row = {
         **config,
@@ -121,18 +79,17 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
         "backbone": job.model.backbone,
         "tasks": ",".join(job.tasks),
         "input": f"{size[0]}x{size[1]}",
-        "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
+        "params_m": round(sum(p.numel() for p in training.model.parameters()) / 1e6, 3),
         "step_s_median": round(median, 4),
         "step_s_all": [round(t, 4) for t in times],
         "images_per_s": round(config["batch"] / median, 3),
         "loadavg_1m": round(os.getloadavg()[0], 2),  # other work on the machine slows the figures
     }
     if device.type == "cuda":
-        row["peak_mem_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+        row["peak_mem_mb"] = round(peak_memory_mb(device, baseline), 1)
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-        row["peak_mem_mb"] = round(peak, 1)
-        row["peak_mem_growth_mb"] = round(peak - baseline, 1)
+        row["peak_mem_mb"] = round(peak_rss_mb(), 1)
+        row["peak_mem_growth_mb"] = round(peak_memory_mb(device, baseline), 1)
     return row
 
 
@@ -178,17 +135,12 @@ def configurations(args: argparse.Namespace) -> list[dict[str, Any]]:
     return configs
 
 
-def run_child(config: dict[str, Any]) -> dict[str, Any]:
+def run_child_row(config: dict[str, Any]) -> dict[str, Any]:
     """Measure `config` in a fresh interpreter (its own peak memory); errors become a row too."""
-    env = {**os.environ, "DENSEPRED_TRACKING": "off", "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.run(
-        [sys.executable, __file__, "--one", json.dumps(config)], capture_output=True, text=True, env=env
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        return {**config, "error": f"exit {proc.returncode}: {tail[0]}"}
-    return json.loads(lines[-1])
+    rows, error = run_child(Path(__file__), config)
+    if error is not None or not rows:
+        return {**config, "error": error or "no output"}
+    return rows[-1]
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -226,7 +178,7 @@ def main() -> None:
         return
     rows = []
     for config in configurations(args):
-        rows.append(run_child(config))
+        rows.append(run_child_row(config))
         print(
             json.dumps({k: rows[-1].get(k) for k in ("profile", "job", "images_per_s", "error")}), flush=True
         )
