@@ -66,8 +66,9 @@ def test_eigen_crop_applies_to_480x640_frames_only(tiny_data, tmp_path):  # noqa
     result = train_and_evaluate(params, "mtl_baseline", "finetune", tmp_path / "out")
     assert result["meta"]["eigen_crop"] is False and result["meta"]["frame_size"] == [48, 64]
     assert result["meta"]["input_size"] == [64, 64] and isinstance(result["depth_eigen/rms"], float)
-    assert eigen_crop_applies(True, (480, 640)) and not eigen_crop_applies(False, (480, 640))
-    assert not eigen_crop_applies(True, (425, 560))
+    assert eigen_crop_applies(True, "nyud", (480, 640)) and not eigen_crop_applies(False, "nyud", (480, 640))
+    assert not eigen_crop_applies(True, "nyud", (425, 560))
+    assert not eigen_crop_applies(True, "taskonomy", (480, 640))  # table 3 jobs share the eval preset
 
 
 def test_count_cost_by_hand():

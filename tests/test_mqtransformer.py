@@ -279,3 +279,26 @@ def test_variants_keep_images_independent(overrides):
         alone = [model(images[i : i + 1]) for i in range(2)]
     for task, pred in together.items():
         torch.testing.assert_close(pred, torch.cat([a[task] for a in alone]), atol=1e-5, rtol=1e-4)
+
+
+def test_swin_backbone_takes_frames_of_another_size():
+    """The paper profile builds Swin for its 448x576 training crops and evaluates whole 480x640 frames
+    (the official release): the backbone accepts them, and at its built size computes what a strictly
+    sized Swin computes (shown here at a small size)."""
+    import timm
+
+    from densepred.models.backbones import create_backbone
+
+    torch.manual_seed(0)
+    backbone = create_backbone("swin_tiny_patch4_window7_224", img_size=(64, 96)).eval()
+    strict = timm.create_model("swin_tiny_patch4_window7_224", features_only=True, img_size=(64, 96))
+    strict.load_state_dict(backbone.body.state_dict())
+    images = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        ours, theirs = backbone(images), strict.eval()(images)
+        larger = backbone(torch.rand(1, 3, 96, 128))
+    for mine, ref in zip(ours, theirs):
+        torch.testing.assert_close(mine, ref.permute(0, 3, 1, 2))
+    assert [tuple(f.shape[-2:]) for f in larger] == [(24, 32), (12, 16), (6, 8), (3, 4)]
+    with pytest.raises(AssertionError, match="doesn't match model"):
+        strict(torch.rand(1, 3, 96, 128))

@@ -142,16 +142,17 @@ def frame_size(sample: dict[str, Any]) -> tuple[int, int]:
     return tuple(int(v) for v in sample["image"].shape[-2:])
 
 
-def eigen_crop_applies(requested: bool, frame: tuple[int, int]) -> bool:
+def eigen_crop_applies(requested: bool, dataset: str, frame: tuple[int, int]) -> bool:
     """Whether the eigen protocol's crop applies: it was asked for (`evaluate.eigen_crop`) and the
-    frames are the official release's 480x640, on which the crop is defined (Eigen et al. 2014).
+    frames are NYUD-v2's official 480x640, on which the crop is defined (Eigen et al. 2014). A job
+    evaluated on Taskonomy too (table 3) shares the NYUD-v2 `eval` preset; no crop applies there.
 
     The multi-task layout's 425x560 frames (ATRC, MTI-Net, MQTransformer) are the 480x640 frames
     already cut inside the registration border, and that protocol applies no further crop
     (MQTransformer Sec. IV-A evaluates them whole), so one params profile evaluates either layout;
     the metrics JSON records which (`meta.eigen_crop`, `meta.frame_size`).
     """
-    return requested and tuple(frame) == EIGEN_FRAME
+    return requested and dataset == "nyud" and tuple(frame) == EIGEN_FRAME
 
 
 def valid_parts(
@@ -287,12 +288,11 @@ def _evaluate_checkpoint(
     if len(data) == 0:
         raise ValueError(f"{ds_name} split {settings.split!r} has no images to evaluate")
     frame = frame_size(data[0])
-    eigen_crop = eigen_crop_applies(settings.eigen_crop, frame)
+    eigen_crop = eigen_crop_applies(settings.eigen_crop, ds_name, frame)
     if settings.eigen_crop and not eigen_crop:
         print(
-            f"[{run.job}/evaluate] frames are {frame[0]}x{frame[1]}, not {EIGEN_FRAME[0]}x{EIGEN_FRAME[1]}: "
-            "the Eigen crop is not applied (the multi-task layout's frames are already cut from the "
-            "frame's border)",
+            f"[{run.job}/evaluate] {ds_name} frames of {frame[0]}x{frame[1]}: the Eigen crop (NYUD-v2 "
+            f"{EIGEN_FRAME[0]}x{EIGEN_FRAME[1]} frames only) is not applied",
             flush=True,
         )
     suite = MetricSuite.build(

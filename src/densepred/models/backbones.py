@@ -44,6 +44,14 @@ class Backbone(nn.Module):
             kwargs["pretrained"] = False
         if img_size is not None and _takes_img_size(name):
             kwargs["img_size"] = tuple(img_size)
+            if name.startswith("swin"):
+                # Built for `img_size` (its attention tables and masks), but frames of another size
+                # are accepted: the paper profile trains MQTransformer on 448x576 crops and evaluates
+                # whole frames, 480x640 for the official release (multi-task layout: 425x560, padded
+                # to 448x576). timm pads the feature maps to whole windows; at `img_size` the function
+                # is unchanged (tests/test_mqtransformer.py). MQTransformer's released code only ever
+                # sees its 425x560 data at one size.
+                kwargs.setdefault("strict_img_size", False)
         # One build with every feature level; the levels at strides 4..32 are picked in forward.
         # (The module set is the same as with out_indices restricted to them: the stride-32 level
         # is the last one either way.)
