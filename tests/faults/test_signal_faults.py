@@ -38,7 +38,9 @@ from fault_helpers import (  # noqa: F401 (fixtures)
 
 pytestmark = FAULT_MARKS
 
-ITERATIONS = 40  # long enough to be interrupted after the first checkpoint (every 2 steps)
+# long enough to be interrupted after the first checkpoint (every 2 steps) and before the last step
+# on a fast CPU (40 steps took about 0.4 s: a signal could arrive after the loop and be ignored)
+ITERATIONS = 200
 
 
 @pytest.fixture(scope="module")
