@@ -61,7 +61,15 @@ def start(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subp
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    """Give the child Ctrl-C's default disposition, as in a terminal: a test suite started in the
+    background (`cmd &`) ignores SIGINT, the child would inherit that, and Python would then never
+    raise KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def start_patched(patch: str, args: list[str], cwd: Path) -> subprocess.Popen:
