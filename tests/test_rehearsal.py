@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from conftest import PAPER, ROOT, write_params
-from densepred.config import deep_merge, load_params, read_yaml
+from densepred.config import load_params, read_profile, read_yaml
 from densepred.pipeline import config_overrides
 from project_fixtures import run
 
@@ -62,8 +62,7 @@ ALLOWED = (
 
 def rehearsal_overrides() -> list[str]:
     """The override set as the `--set` overrides every stage receives (as the Snakefile derives them)."""
-    paper = read_yaml(PAPER)
-    return config_overrides(deep_merge(paper, read_yaml(REHEARSE)), paper)
+    return config_overrides(read_profile([PAPER, REHEARSE]), read_yaml(PAPER))
 
 
 def test_override_set_touches_only_data_schedule_and_places():
@@ -161,9 +160,7 @@ def test_reduced_rehearsal_every_model_family_at_paper_size(tmp_path):
         files = ["params/paper.yaml", "params/rehearse.yaml", *(f"params/{f}" for f in extra)]
         targets = [f"evaluate_{job}_nyud" for job in jobs]
         run(root, "snakemake", "--cores", "2", *targets, "--configfile", *files)
-        tree = deep_merge(read_yaml(PAPER), read_yaml(REHEARSE))
-        for name in extra:
-            tree = deep_merge(tree, read_yaml(root / "params" / name))
+        tree = read_profile([root / f for f in files])
         runs_dir = root / tree["paths"]["runs"]
         for job, (backbone, frame, size, eigen_crop, thresholds) in jobs.items():
             result = json.loads((runs_dir / job / "eval" / "nyud.json").read_text())

@@ -683,8 +683,9 @@ def read_profile(path: ParamsFiles) -> dict[str, Any]:
 
 def load_params(path: ParamsFiles, overrides: list[str] | tuple[str, ...] = ()) -> Params:
     """Load a profile (and any override sets after it), apply dotted `overrides` (KEY=VALUE), validate."""
-    tree = with_overrides(read_profile(path), overrides)
-    source = " + ".join(str(f) for f in profile_files(path))
+    files = profile_files(path)
+    tree = with_overrides(read_profile(files), overrides)
+    source = " + ".join(str(f) for f in files)
     source += f" (with --set {', '.join(overrides)})" if overrides else ""
     return validate(tree, source)
 

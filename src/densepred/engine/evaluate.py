@@ -287,7 +287,8 @@ def _evaluate_checkpoint(
     data = build_eval_dataset(run, list(meta["tasks"]))
     if len(data) == 0:
         raise ValueError(f"{ds_name} split {settings.split!r} has no images to evaluate")
-    frame = frame_size(data[0])
+    first = data[0]  # one decode of a full-size sample gives both sizes
+    frame, input_size = frame_size(first), tuple(int(s) for s in first["image"].shape[-2:])
     eigen_crop = eigen_crop_applies(settings.eigen_crop, ds_name, frame)
     if settings.eigen_crop and not eigen_crop:
         print(
@@ -306,7 +307,6 @@ def _evaluate_checkpoint(
     metrics = _finite_or_none(suite.compute())
     result: dict[str, Any] = dict(metrics)
     if env.is_main:
-        input_size = tuple(int(s) for s in data[0]["image"].shape[-2:])
         result["meta"] = {
             "job": run.job,
             "model": meta["model"]["name"],
