@@ -6,6 +6,7 @@
     densepred evaluate --params P --job NAME --ckpt CKPT --out FILE.json
     densepred tune     --params P --sweep NAME --out DIR
     densepred tables   --params P --out DIR
+    densepred check    --params P              every output agrees with its stage's current settings
     densepred compare  --params P --a JOB --b JOB --metric COLUMN [--dataset D] [--alpha A]
     densepred schema   [--out FILE]
     densepred sync-tracking [PATH ...]      upload MLflow records kept while the server was down
@@ -114,9 +115,32 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 
 def cmd_tables(args: argparse.Namespace) -> None:
+    from densepred.pipeline import build_stages
+    from densepred.records import write_table_record
     from densepred.tables import write_tables
 
-    write_tables(_params(args), Path(args.out), runs=Path(args.runs) if args.runs else None, only=args.only)
+    params = _params(args)
+    write_tables(params, Path(args.out), runs=Path(args.runs) if args.runs else None, only=args.only)
+    if args.runs is None and Path(args.out) == Path(params.paths.results):
+        # the profile's own tables: record what they were built from (records.py)
+        for stage in build_stages(params, args.params, args.set):
+            if stage.kind == "tables" and args.only in (None, stage.name):
+                write_table_record(stage)
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    from densepred.pipeline import build_stages
+    from densepred.records import stale_stages
+
+    stale = stale_stages(build_stages(_params(args), args.params, args.set))
+    for name, why in stale.items():
+        print(f"{name}: {why}")
+    if stale:
+        raise ValueError(
+            f"{len(stale)} stage output(s) disagree with {_files(args)}: rerun them "
+            "(`snakemake` does) before recording them with `dvc commit`"
+        )
+    print(f"every existing output agrees with {_files(args)}")
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -251,6 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="results folder (table2.csv, table3.csv, ...)")
     p.add_argument("--runs", help="runs folder to read (default: paths.runs of the profile)")
     p.add_argument("--only", choices=["table2", "table3", "figure7", "ablations"], help="one table only")
+
+    p = add(
+        "check",
+        cmd_check,
+        "Check that every existing training, evaluation and table output was made under the stage's "
+        "current settings (exit 2 naming each one that was not).",
+    )
+    _add_common(p)
 
     p = add(
         "compare",

@@ -189,6 +189,12 @@ def table_runs_path(params: Params, name: str) -> str:
     return table_path(params, f"{name}_runs")
 
 
+def table_record(params: Params, stage_name: str) -> str:
+    """What a tables stage built its outputs from (records.py): <results>/records/<stage>.json. Not
+    versioned: it names the digests of this machine's evaluation files."""
+    return str(Path(params.paths.results) / "records" / f"{stage_name}.json")
+
+
 def log_path(params: Params, stage_name: str) -> str:
     """A pipeline stage's log file."""
     return str(Path("logs") / params.profile / f"{stage_name}.log")

@@ -48,6 +48,8 @@ from densepred.stage_run import StageRun
 from densepred.sweeps import expand_trials
 
 TABLES = ("table2", "table3", "figure7", "ablations")
+# The kinds of stage whose outputs record the settings they were made with (records.py).
+RECORDED_KINDS = ("train", "evaluate", "tables")
 
 # Snakemake starts ready jobs of higher priority first. Pretraining heads the longest chains
 # (pretrain -> finetune -> evaluate), so starting every pretraining, then every finetuning, keeps
@@ -129,6 +131,8 @@ class Stage:
     resources: dict[str, int] = field(default_factory=dict, compare=False, hash=False)
     metrics: tuple[str, ...] = ()
     plots: tuple[tuple[str, str, str], ...] = ()  # (file, x, y)
+    init: str | None = None  # the checkpoint a training stage starts from or an evaluation evaluates
+    record: str | None = None  # a tables stage's record of its inputs and outputs (records.py)
 
     @property
     def command(self) -> str:
@@ -312,6 +316,7 @@ class _Builder:
                 self.job_keys(job, stage),
                 settings=run.identity(),
                 sets=sets,
+                init=last,
                 threads=self.p.runtime.threads,
                 priority=PRIORITY[stage],
                 resources=self.job_resources(),
@@ -349,6 +354,7 @@ class _Builder:
             keys,
             settings=run.identity(),
             sets=sets,
+            init=ckpt,
             out_dirs=frozenset({figures}),
             threads=self.p.runtime.threads,
             resources=self.job_resources(),
@@ -471,6 +477,7 @@ class _Builder:
             outs,
             [k for k in keys if k != "jobs"] or ["profile"],
             settings=settings,
+            record=paths.table_record(self.p, name),
         )
 
 

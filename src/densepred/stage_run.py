@@ -12,13 +12,13 @@ location.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from densepred.config import DatasetCfg, EvalCfg, JobCfg, Params, RuntimeCfg, StageCfg, TrackingCfg
+from densepred.records import fingerprint
 
 TRAIN_STAGES = ("pretrain", "finetune")
 EVALUATE = "evaluate"
@@ -131,5 +131,4 @@ class StageRun:
 
     def fingerprint(self, init_identity: str | None = None) -> str:
         """sha256 of the identity and of the identity of the --init weights (see engine/train.py)."""
-        text = self.identity_json() + "\n" + (init_identity or "")
-        return hashlib.sha256(text.encode()).hexdigest()
+        return fingerprint(self.identity_json(), init_identity)

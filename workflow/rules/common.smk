@@ -9,7 +9,9 @@ from snakemake.utils import validate
 
 from densepred.config import ParamsError, load_params, read_profile
 from densepred.dvc_stages import dvc_names
-from densepred.pipeline import Command, build_stages, config_overrides
+from densepred.pipeline import RECORDED_KINDS, Command, build_stages, config_overrides
+from densepred.records import stale_stages
+from densepred.snakemake_hooks import rerun_stale
 
 # `--configfile PROFILE [OVERRIDE_SET ...]`: the first file is the profile, any further ones are override
 # sets merged over it in order (params/rehearse.yaml); every stage's command gets the same files
@@ -31,6 +33,8 @@ except ParamsError as exc:
 # the resolved profile (presets merged, overrides applied) against the exported schema
 validate(PARAMS.model_dump(mode="json"), "../schemas/params.schema.json", set_default=False)
 STAGES = build_stages(PARAMS, PARAMS_FILES, OVERRIDES)
+# an output made under other settings than its stage's current ones (by DVC, by hand) reruns
+rerun_stale(workflow, STAGES)
 
 
 def stages_of(*kinds):
@@ -67,9 +71,14 @@ def inputs_of(stage):
 
 
 def params_of(stage):
-    """Rule params: the stage's resolved settings (the rerun trigger) and its command. The command is
-    a `Command` object, which Snakemake cannot represent and so leaves out of the params trigger:
+    """Rule params: the stage's command and, for stages whose outputs record nothing, its resolved
+    settings (Snakemake's params rerun trigger). Training, evaluation and tables outputs record the
+    settings they were made with, which decide their reruns (rerun_stale), whichever tool made them:
+    Snakemake's own record of its last run would disagree with a file DVC rewrote since. The command
+    is a `Command` object, which Snakemake cannot represent and so leaves out of the params trigger:
     the params file's path and the checkout's location never rerun a stage."""
+    if stage.kind in RECORDED_KINDS:
+        return {"command": Command(stage.argv)}
     return {"settings": stage.settings, "command": Command(stage.argv)}
 
 
@@ -83,7 +92,13 @@ def dvc_commit(log):
         print("dvc.lock not updated: dvc.yaml describes params/smoke.yaml without overrides", file=sys.stderr)
         return
     names = dvc_names(STAGES, PARAMS_FILE)  # rule -> DVC stage (`finetune@polymax_depth`)
-    built = sorted(names[job.rule.name] for job in workflow.dag.jobs if job.rule.name in names)
+    jobs = {job.rule.name for job in workflow.dag.jobs}
+    built = sorted(names[name] for name in jobs if name in names)
+    # never record an output whose own record disagrees with its stage's settings (records.py)
+    stale = stale_stages(s for s in STAGES if s.name in jobs)
+    if stale:
+        name, why = next(iter(stale.items()))
+        sys.exit(f"densepred: dvc.lock not updated: stage {names.get(name, name)}: {why}")
     if built:
         # --no-relink: record and cache the outputs without rewriting them, so their modification
         # times (which Snakemake compares) stay as Snakemake left them

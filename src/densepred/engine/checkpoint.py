@@ -23,7 +23,6 @@ meta holds the git commit, which changes without the weights changing).
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -35,6 +34,7 @@ import torch
 from torch import nn
 
 from densepred.io import atomic_path
+from densepred.records import weights_identity
 
 CHECKPOINT_FORMAT = "densepred-checkpoint/1"
 META_KEYS = ("job", "stage", "model", "tasks", "dataset", "num_classes", "max_depth")
@@ -127,7 +127,7 @@ def init_identity(path: Path) -> str:
     ckpt = load_checkpoint(path, mmap=True)
     meta = ckpt["meta"]
     digest = meta.get("weights_digest") or weights_digest(ckpt["model"])
-    return json.dumps({"settings_hash": meta.get("settings_hash"), "weights_digest": digest}, sort_keys=True)
+    return weights_identity(meta.get("settings_hash"), digest)
 
 
 # ------------------------------------------------------------------------------------------------ RNG

@@ -52,7 +52,7 @@ from densepred.engine.build import (
     parse_model_config,
     prepared_root,
 )
-from densepred.engine.checkpoint import load_checkpoint
+from densepred.engine.checkpoint import init_identity, load_checkpoint
 from densepred.engine.distributed import DistEnv
 from densepred.engine.runtime import autocast_context, job_settings, to_device, uses_channels_last
 from densepred.io import atomic_dir, atomic_write_json
@@ -318,6 +318,10 @@ def _evaluate_checkpoint(
             "train_stage": meta["stage"],
             "profile": run.profile,
             "checkpoint": str(ckpt_path),
+            # the evaluation's own record (records.py): its fingerprint, with the checkpoint's
+            # weights as its init, and the identity that fingerprint hashes
+            "settings_hash": run.fingerprint(init_identity(ckpt_path)),
+            "identity": run.identity(),
             "num_images": total,
             "input_size": list(input_size),
             "frame_size": list(frame),

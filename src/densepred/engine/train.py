@@ -132,6 +132,7 @@ def checkpoint_meta(run: StageRun) -> dict[str, Any]:
         "batch_size": settings.batch_size,
         "init": str(run.init) if run.init else None,
         "settings_hash": run.fingerprint(init_identity(run.init) if run.init else None),
+        "identity": run.identity(),  # what settings_hash hashes, so a difference can be named (records.py)
         "git_commit": tracking.git_commit(),
     }
 

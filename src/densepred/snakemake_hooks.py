@@ -1,0 +1,76 @@
+"""Snakemake reruns a stage whose output was made under other settings, whoever made it.
+
+Snakemake decides what to run from its own ledger (`.snakemake/metadata`: the params and inputs it
+last ran a job with) and from modification times. An output written by another tool (DVC's
+`dvc exp run`, `dvc repro`, a hand-run command) under other settings passes both checks once the
+params are restored, and Snakemake would keep it. `rerun_stale(workflow, stages)` makes the decision
+from the outputs' own records instead (records.py): before Snakemake builds its DAG, every stage the
+requested targets need whose output disagrees with the stage's current settings is forced to rerun,
+with one line on stderr naming the output and the difference (`snakemake -n` shows it too).
+
+Snakemake offers no public hook between reading the Snakefile and building the DAG, and the targets
+are only known then, so the hook wraps `Workflow._prepare_dag` of the running workflow (Snakemake is
+pinned in pyproject.toml; tests/test_staleness.py drives the real tool and fails if this stops
+working). A cluster job step (`--target-jobs`) runs exactly the job it was sent and is left alone.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+from densepred.records import StageLike, stale_stages
+
+
+def _producers(workflow: Any) -> dict[str, Any]:
+    """Output path (normalised) -> the rule that writes it."""
+    found = {}
+    for rule in workflow.rules:
+        for out in rule.output:
+            found[os.path.normpath(str(out))] = rule
+    return found
+
+
+def needed_rules(workflow: Any, targets: Iterable[str]) -> set[str]:
+    """The names of the rules the targets (rule names or files) need, the targets' own included."""
+    producers = _producers(workflow)
+    todo = []
+    for target in targets:
+        if workflow.is_rule(target):
+            todo.append(workflow.get_rule(target))
+        elif os.path.normpath(target) in producers:
+            todo.append(producers[os.path.normpath(target)])
+    seen: set[str] = set()
+    while todo:
+        rule = todo.pop()
+        if rule.name in seen:
+            continue
+        seen.add(rule.name)
+        for item in rule.input:
+            producer = producers.get(os.path.normpath(str(item)))
+            if producer is not None:
+                todo.append(producer)
+    return seen
+
+
+def rerun_stale(workflow: Any, stages: list[StageLike]) -> None:
+    """Force, at DAG time, the stages the targets need whose outputs disagree with them (see above)."""
+    by_name = {s.name: s for s in stages}
+    prepare_dag = workflow._prepare_dag
+
+    def prepare_dag_with_stale(*args: Any, **kwargs: Any) -> Any:
+        settings = workflow.dag_settings
+        if settings is not None and not settings.target_jobs:
+            targets = settings.targets or [workflow.default_target]
+            needed = needed_rules(workflow, targets)
+            wanted = [s for s in stages if s.name in needed]
+            stale = stale_stages(wanted)
+            for name, why in stale.items():
+                print(f"densepred: rerunning {name}: {why}", file=sys.stderr)
+            if stale:
+                settings.forcerun = frozenset(settings.forcerun) | {by_name[n].outs[0] for n in stale}
+        return prepare_dag(*args, **kwargs)
+
+    workflow._prepare_dag = prepare_dag_with_stale
