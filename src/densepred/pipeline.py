@@ -469,15 +469,16 @@ class _Builder:
             "keys": {k: _lookup(self.merged, k) for k in keys},
             "seeds": {job: self.p.job_seeds(job) for job in self.p.jobs},
         }
+        record = paths.table_record(self.p, name)
         self.add(
             name,
             "tables",
             ["tables", "--only", name, "--out", str(self.p.paths.results)],
             deps,
-            outs,
+            [*outs, record],
             [k for k in keys if k != "jobs"] or ["profile"],
             settings=settings,
-            record=paths.table_record(self.p, name),
+            record=record,
         )
 
 

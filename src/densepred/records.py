@@ -10,10 +10,11 @@ So the outputs carry their own record, and the decision is taken from it:
   identity of its `--init` weights, `StageRun.fingerprint`), and `meta.identity`, the identity itself;
 * an evaluation's metrics JSON: the same two under `meta` (the checkpoint evaluated plays the part
   of the init weights);
-* a tables stage's outputs: a record file (`paths.table_record`) with the fingerprint of the stage's
-  settings, the digest of every input it read (evaluation JSONs, sweep summaries, figure folders) and
-  the digest of every table it wrote, so that a table restored by git beside a record of another
-  build is seen for what it is.
+* a tables stage's outputs: a record file (`paths.table_record`, one of the stage's outputs, so
+  that DVC's run cache restores it with the tables) with the fingerprint of the stage's settings,
+  the digest of every input it read (evaluation JSONs, sweep summaries, figure folders) and the
+  digest of every table it wrote, so that a table restored by git beside a record of another build
+  is seen for what it is.
 
 `disagreement(stage)` compares an existing output's record with what the stage would record now
 (from the current params and the inputs on disk) and says how they differ, in one line; the Snakefile
@@ -198,6 +199,19 @@ def disagreement(stage: StageLike) -> str | None:
     return None if why is None else f"{out} was {why}"
 
 
+def with_upstream(stages: list[StageLike], names: Iterable[str]) -> list[StageLike]:
+    """The named stages and every stage whose outputs they depend on, transitively, in pipeline order."""
+    producer = {out: st for st in stages for out in st.outs}
+    by_name = {st.name: st for st in stages}
+    todo, seen = [by_name[n] for n in names if n in by_name], set()
+    while todo:
+        st = todo.pop()
+        if st.name not in seen:
+            seen.add(st.name)
+            todo += [producer[d] for d in st.deps if d in producer]
+    return [st for st in stages if st.name in seen]
+
+
 def stale_stages(stages: Iterable[StageLike]) -> dict[str, str]:
     """Stage name -> `disagreement` for every stage whose existing output disagrees with it now."""
     found = {}
@@ -222,7 +236,7 @@ def table_record(stage: StageLike) -> dict[str, Any]:
         "stage": stage.name,
         "settings_hash": fingerprint(stage.settings, None),
         "inputs": _present(stage.deps),
-        "outputs": _present(stage.outs),
+        "outputs": _present(o for o in stage.outs if o != stage.record),
     }
 
 

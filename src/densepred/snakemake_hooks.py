@@ -12,6 +12,10 @@ Snakemake offers no public hook between reading the Snakefile and building the D
 are only known then, so the hook wraps `Workflow._prepare_dag` of the running workflow (Snakemake is
 pinned in pyproject.toml; tests/test_staleness.py drives the real tool and fails if this stops
 working). A cluster job step (`--target-jobs`) runs exactly the job it was sent and is left alone.
+
+Stages whose outputs agree with their records but were rewritten by another tool after Snakemake's
+last run of them lose their benchmark record (`drop_outdated_benchmarks`), which Snakemake would
+otherwise take as the outputs' age.
 """
 
 from __future__ import annotations
@@ -55,6 +59,23 @@ def needed_rules(workflow: Any, targets: Iterable[str]) -> set[str]:
     return seen
 
 
+def drop_outdated_benchmarks(stages: Iterable[Any]) -> list[str]:
+    """Remove the benchmark records that are older than their stage's output; returns them.
+
+    Snakemake writes a stage's benchmark (`logs/<profile>/benchmarks/<stage>.tsv`) after the run and
+    counts its time as the time of the stage's outputs. An output rewritten since by another tool
+    (`dvc repro`) under the same settings is newer than that record, which then no longer describes
+    it; left in place, it would make the stage look older than its inputs and rerun for nothing."""
+    dropped = []
+    for stage in stages:
+        bench, out = getattr(stage, "benchmark", ""), stage.outs[0] if stage.outs else ""
+        present = bench and os.path.isfile(bench) and os.path.exists(out)
+        if present and os.stat(bench).st_mtime_ns < os.stat(out).st_mtime_ns:
+            os.remove(bench)
+            dropped.append(bench)
+    return dropped
+
+
 def rerun_stale(workflow: Any, stages: list[StageLike]) -> None:
     """Force, at DAG time, the stages the targets need whose outputs disagree with them (see above)."""
     by_name = {s.name: s for s in stages}
@@ -69,8 +90,12 @@ def rerun_stale(workflow: Any, stages: list[StageLike]) -> None:
             stale = stale_stages(wanted)
             for name, why in stale.items():
                 print(f"densepred: rerunning {name}: {why}", file=sys.stderr)
-            if stale:
-                settings.forcerun = frozenset(settings.forcerun) | {by_name[n].outs[0] for n in stale}
+            drop_outdated_benchmarks([s for s in wanted if s.name not in stale])
+            # a stage `--allowed-rules` keeps from running stays stale (and out of dvc.lock)
+            allowed = settings.allowed_rules or by_name.keys()
+            forced = {by_name[n].outs[0] for n in stale if n in allowed}
+            if forced:
+                settings.forcerun = frozenset(settings.forcerun) | forced
         return prepare_dag(*args, **kwargs)
 
     workflow._prepare_dag = prepare_dag_with_stale

@@ -10,7 +10,7 @@ from snakemake.utils import validate
 from densepred.config import ParamsError, load_params, read_profile
 from densepred.dvc_stages import dvc_names
 from densepred.pipeline import RECORDED_KINDS, Command, build_stages, config_overrides
-from densepred.records import stale_stages
+from densepred.records import stale_stages, with_upstream
 from densepred.snakemake_hooks import rerun_stale
 
 # `--configfile PROFILE [OVERRIDE_SET ...]`: the first file is the profile, any further ones are override
@@ -94,8 +94,9 @@ def dvc_commit(log):
     names = dvc_names(STAGES, PARAMS_FILE)  # rule -> DVC stage (`finetune@polymax_depth`)
     jobs = {job.rule.name for job in workflow.dag.jobs}
     built = sorted(names[name] for name in jobs if name in names)
-    # never record an output whose own record disagrees with its stage's settings (records.py)
-    stale = stale_stages(s for s in STAGES if s.name in jobs)
+    # never record an output made from, or with, an output whose own record disagrees with its
+    # stage's settings (records.py); stages kept from rerunning by --allowed-rules are not in the DAG
+    stale = stale_stages(with_upstream(STAGES, jobs))
     if stale:
         name, why = next(iter(stale.items()))
         sys.exit(f"densepred: dvc.lock not updated: stage {names.get(name, name)}: {why}")
