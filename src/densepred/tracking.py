@@ -79,6 +79,9 @@ BATCH_METRICS = 1000
 RETRIES = 10
 LOCAL_ID_TAG = "densepred.local_id"  # on a run uploaded from a journal: the id it had there
 LOCAL_PREFIX = "local-"
+# MLflow's UI opens an experiment on its runs table ("Model training") rather than its GenAI overview
+# (traces, token usage) when the experiment carries this tag.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 # MLflow's own defaults retry an unreachable server for minutes (7 retries, backoff factor 2, 120 s
 # timeout); these bound a failed call to about 30 s. A variable the user set wins.
 HTTP_DEFAULTS = {
@@ -570,20 +573,29 @@ def open_client(uri: str, experiment: str) -> tuple[Any, str]:
         client = MlflowClient(tracking_uri=uri)  # opens the store: creates/migrates a fresh database
         found = with_retry(client.get_experiment_by_name, experiment)
         if found is not None:
-            return client, found.experiment_id
+            return client, _with_kind(client, found)
         try:
-            exp_id = with_retry(client.create_experiment, experiment)
+            exp_id = with_retry(client.create_experiment, experiment, tags=EXPERIMENT_TAGS)
         except Exception:
             # Another writer outside the lock (a tracking server's other clients) won the race.
             found = with_retry(client.get_experiment_by_name, experiment)
             if found is None:
                 raise
-            return client, found.experiment_id
+            return client, _with_kind(client, found)
         location = artifact_location(uri, experiment)
         db = sqlite_path(uri)
         if location and db is not None:
             _set_relative_artifact_location(db, exp_id, location)
     return client, exp_id
+
+
+def _with_kind(client: Any, experiment: Any) -> str:
+    """The id of `experiment`, tagged first with `EXPERIMENT_TAGS` if it lacks them (an experiment
+    created before they were set)."""
+    for key, value in EXPERIMENT_TAGS.items():
+        if experiment.tags.get(key) != value:
+            with_retry(client.set_experiment_tag, experiment.experiment_id, key, value)
+    return experiment.experiment_id
 
 
 def _set_relative_artifact_location(db: Path, experiment_id: str, location: str) -> None:
