@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from densepred import __version__
+from densepred import __version__, run_failure
 from densepred.config import Params, load_params
 from densepred.errors import Stopped, stopped_by
 from densepred.io import DiskFullError, is_disk_full
@@ -323,27 +323,37 @@ def sigterm_stops() -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `densepred` console script; returns the exit status."""
+    """Entry point of the `densepred` console script; returns the exit status.
+
+    The one line printed for a failure is also recorded, with the command's log, on the MLflow runs
+    that failed in it (run_failure.py).
+    """
     args = build_parser().parse_args(argv)
     debug = args.debug or bool(os.environ.get("DENSEPRED_DEBUG"))
-    try:
-        with sigterm_stops():
-            args.func(args)
-    except USER_ERRORS as exc:
-        if debug:
-            traceback.print_exc()
-        print(f"densepred {args.command}: error: {error_message(exc)}", file=sys.stderr)
-        return 2
-    except Stopped as exc:
-        print(f"densepred {args.command}: {exc.message}", file=sys.stderr, flush=True)
-        return int(exc.code)
-    except KeyboardInterrupt:
-        print(
-            f"densepred {args.command}: interrupted; unfinished outputs were removed; rerun the same command",
-            file=sys.stderr,
-        )
-        return 130
+    with run_failure.watch() as watch:
+        try:
+            with sigterm_stops():
+                args.func(args)
+        except USER_ERRORS as exc:
+            if debug:
+                traceback.print_exc()
+            return _fail(watch, f"densepred {args.command}: error: {error_message(exc)}", 2)
+        except Stopped as exc:
+            return _fail(watch, f"densepred {args.command}: {exc.message}", int(exc.code))
+        except KeyboardInterrupt:
+            what = "interrupted; unfinished outputs were removed; rerun the same command"
+            return _fail(watch, f"densepred {args.command}: {what}", 130)
+        except Exception as exc:  # a bug: Python prints its traceback on the way out (status 1)
+            watch.failed(traceback.format_exception_only(exc)[-1].strip())
+            raise
     return 0
+
+
+def _fail(watch: run_failure.Watch, line: str, status: int) -> int:
+    """Print a failure's one line, record it on the runs that failed, return the exit status."""
+    print(line, file=sys.stderr, flush=True)
+    watch.failed(line)
+    return status
 
 
 if __name__ == "__main__":

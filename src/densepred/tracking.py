@@ -68,6 +68,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from densepred.config import JobCfg, Params, RuntimeCfg, TrackingCfg, flatten_keys, project_root
+from densepred.run_failure import ERROR_TAG, note_failed
 from densepred.stage_run import StageRun
 
 ENV_SWITCH = "DENSEPRED_TRACKING"
@@ -665,8 +666,9 @@ def start_run(
     Tags and flattened params are logged at the start. `run_id` continues an earlier run (a resumed
     training) instead of creating one: its params are not logged again, and metric steps it already
     holds are skipped. The run ends FINISHED when the block completes, KILLED on
-    KeyboardInterrupt/SystemExit and FAILED on any other exception. Inside `nested_under` the run
-    is a child of the block's run and carries its tags.
+    KeyboardInterrupt/SystemExit and FAILED on any other exception; a run that fails under the CLI
+    then gets its error line and log (run_failure.py). Inside `nested_under` the run is a child of
+    the block's run and carries its tags.
 
     `journal` (a file in the run folder) is where the run is recorded when the store cannot be
     reached; a journal left there by an earlier attempt is uploaded first when the store is back.
@@ -694,9 +696,11 @@ def start_run(
         yield run
     except (KeyboardInterrupt, SystemExit):
         run.set_terminated("KILLED")
+        note_failed(run)
         raise
     except BaseException:
         run.set_terminated("FAILED")
+        note_failed(run)  # the CLI adds why (its error line) and the stage log: run_failure.py
         raise
     run.set_terminated("FINISHED")
 
@@ -770,6 +774,8 @@ def _reopen(client: Any, run_id: str, uri: str, journal: Journal | None) -> Mlfl
     if found.info.lifecycle_stage == "deleted":
         return None
     with_retry(client.update_run, run_id, status="RUNNING")
+    if ERROR_TAG in found.data.tags:  # the error of the attempt that failed no longer holds
+        with_retry(client.delete_tag, run_id, ERROR_TAG)
     steps = _logged_steps(client, run_id, found.data.metrics)
     last = max((max(s) for s in steps.values() if s), default=None)
     return MlflowRun(
