@@ -6,8 +6,8 @@ that exact line as the tag `densepred.error` (a bug: the last line of its traceb
 command's log as the artifact `stage.log`, so a reader of the runs table sees the cause, not just
 the status. A resumed run that then finishes loses the tag again (`tracking._reopen`).
 
-The log: when the command's stderr (or stdout) is a regular file, as under Snakemake (`> {log}
-2>&1`), SLURM or a user's redirection, that file is the log (found through /proc/self/fd, Linux);
+The log: when the command's stderr is a regular file, as under Snakemake (`> {log} 2>&1`), SLURM or
+a user's redirection, that file is the log (found through /proc/self/fd/2, Linux);
 it is uploaded after the error line is printed, so it ends with it. Otherwise (a terminal, a pipe)
 the log is what the command wrote through `sys.stdout` and `sys.stderr`, captured while it ran
 (`watch`); output of child processes and of C code is not in it. Either way at most the last
@@ -43,16 +43,15 @@ def note_failed(run: Any) -> None:
 
 
 def redirected_log() -> Path | None:
-    """The regular file this process's stderr (else stdout) is redirected to, or None (a terminal, a
-    pipe, a deleted file, or no /proc)."""
-    for fd in (2, 1):
-        try:
-            info = os.fstat(fd)
-            path = Path(os.readlink(f"/proc/self/fd/{fd}"))
-            if stat.S_ISREG(info.st_mode) and path.is_file() and path.stat().st_ino == info.st_ino:
-                return path
-        except OSError:
-            continue
+    """The regular file this process's stderr (where its errors and progress go) is redirected to,
+    or None (a terminal, a pipe, a deleted file, or no /proc)."""
+    try:
+        info = os.fstat(2)
+        path = Path(os.readlink("/proc/self/fd/2"))
+        if stat.S_ISREG(info.st_mode) and path.is_file() and path.stat().st_ino == info.st_ino:
+            return path
+    except OSError:
+        pass
     return None
 
 
@@ -140,11 +139,12 @@ def watch() -> Iterator[Watch]:
     current = Watch()
     previous, _WATCH = _WATCH, current
     streams = (sys.stdout, sys.stderr)
-    if current.log is None:
+    capture = current.log is None and None not in streams
+    if capture:
         sys.stdout, sys.stderr = (_Tee(s, current.captured) for s in streams)
     try:
         yield current
     finally:
         _WATCH = previous
-        if current.log is None:
+        if capture:
             sys.stdout, sys.stderr = streams

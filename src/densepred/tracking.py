@@ -30,6 +30,10 @@ removes it: each journaled run is uploaded exactly once (a run created from a jo
 `densepred.local_id`, so an interrupted upload is found and replaced, and metric steps already in
 a continued run are skipped).
 
+Experiments are tagged `mlflow.experimentKind` = `custom_model_development` (`EXPERIMENT_TAGS`, also
+on experiments created before), so MLflow's UI opens them on the runs table. A run that fails under
+the CLI gets its error line and log from run_failure.py.
+
 Runs a user can compare:
 - A resumed training continues its run (`run_id`) and logs only metric steps after the last one
   that run already holds, so no step appears twice.
