@@ -39,8 +39,9 @@ def stages_of(*kinds):
 
 
 def outputs_of(stage):
-    """Snakemake outputs: folders wrapped in directory(), figures in report() (the tables reach the
-    report as their HTML pages, TABLE_PAGES)."""
+    """Snakemake outputs: folders wrapped in directory(), figures in report(); a tables stage also
+    outputs each table's HTML page in report() (`pages_of`), so the report of any table's path shows
+    that table."""
     outs = []
     for out in stage.outs:
         if out in stage.out_dirs:
@@ -49,16 +50,19 @@ def outputs_of(stage):
             outs.append(report(out, caption=f"../report/{Path(out).stem}.rst", category="Figures"))
         else:
             outs.append(out)
+    for page, csv in pages_of(stage).items():
+        outs.append(report(page, caption=f"../report/{Path(csv).stem}.rst", category="Tables"))
     return outs
 
 
-def html_page(csv):
-    """The HTML page of a table for the report: <results>/html/<table>.html (not versioned)."""
-    return str(Path(csv).parent / "html" / f"{Path(csv).stem}.html")
-
-
-# every table CSV's HTML page (workflow/rules/report.smk)
-TABLE_PAGES = {html_page(out): out for s in stages_of("tables") for out in s.outs if out.endswith(".csv")}
+def pages_of(stage):
+    """The HTML pages of a tables stage's CSVs ({page: csv}): <results>/html/<table>.html, written from
+    the CSV by the stage's rule and not versioned (dvc.yaml does not list them). The report's viewer
+    renders HTML, images and PDF; a CSV would only be a download link."""
+    if stage.kind != "tables":
+        return {}
+    csvs = [out for out in stage.outs if out.endswith(".csv")]
+    return {str(Path(csv).parent / "html" / f"{Path(csv).stem}.html"): csv for csv in csvs}
 
 
 def inputs_of(stage):
@@ -106,4 +110,4 @@ rule all:
     `results/all`)."""
     input:
         [o for s in stages_of("tables") for o in s.outs],
-        list(TABLE_PAGES),
+        [page for s in stages_of("tables") for page in pages_of(s)],
