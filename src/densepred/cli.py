@@ -5,7 +5,7 @@
     densepred train    --params P --job NAME --stage {pretrain,finetune} [--init CKPT] --out DIR
     densepred evaluate --params P --job NAME --ckpt CKPT --out FILE.json
     densepred tune     --params P --sweep NAME --out DIR
-    densepred tables   --params P --out DIR
+    densepred tables   --params P --out DIR [--only TABLE] [--html]
     densepred compare  --params P --a JOB --b JOB --metric COLUMN [--dataset D] [--alpha A]
     densepred schema   [--out FILE]
     densepred sync-tracking [PATH ...]      upload MLflow records kept while the server was down
@@ -114,9 +114,13 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 
 def cmd_tables(args: argparse.Namespace) -> None:
-    from densepred.tables import write_tables
+    from densepred.tables import write_html_pages, write_tables
 
-    write_tables(_params(args), Path(args.out), runs=Path(args.runs) if args.runs else None, only=args.only)
+    runs = Path(args.runs) if args.runs else None
+    written = write_tables(_params(args), Path(args.out), runs=runs, only=args.only)
+    if args.html:
+        for page in write_html_pages(written):
+            print(f"wrote {page}")
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -251,6 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="results folder (table2.csv, table3.csv, ...)")
     p.add_argument("--runs", help="runs folder to read (default: paths.runs of the profile)")
     p.add_argument("--only", choices=["table2", "table3", "figure7", "ablations"], help="one table only")
+    p.add_argument(
+        "--html",
+        action="store_true",
+        help="also write each table CSV as an HTML page, <out>/html/<table>.html (for the Snakemake report)",
+    )
 
     p = add(
         "compare",

@@ -10,6 +10,7 @@ from snakemake.utils import validate
 from densepred.config import ParamsError, load_params, read_profile
 from densepred.dvc_stages import dvc_names
 from densepred.pipeline import Command, build_stages, config_overrides
+from densepred.tables import html_page_path
 
 # `--configfile PROFILE [OVERRIDE_SET ...]`: the first file is the profile, any further ones are override
 # sets merged over it in order (params/rehearse.yaml); every stage's command gets the same files
@@ -57,12 +58,11 @@ def outputs_of(stage):
 
 def pages_of(stage):
     """The HTML pages of a tables stage's CSVs ({page: csv}): <results>/html/<table>.html, written from
-    the CSV by the stage's rule and not versioned (dvc.yaml does not list them). The report's viewer
-    renders HTML, images and PDF; a CSV would only be a download link."""
+    the CSV by the stage's command (`densepred tables --html`) and not versioned (dvc.yaml does not
+    list them). The report's viewer renders HTML, images and PDF; a CSV would only be a download link."""
     if stage.kind != "tables":
         return {}
-    csvs = [out for out in stage.outs if out.endswith(".csv")]
-    return {str(Path(csv).parent / "html" / f"{Path(csv).stem}.html"): csv for csv in csvs}
+    return {str(html_page_path(out)): out for out in stage.outs if out.endswith(".csv")}
 
 
 def inputs_of(stage):

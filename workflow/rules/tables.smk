@@ -1,8 +1,6 @@
-# Results: tables (CSV, versioned in git) and figures, from the evaluation outputs; each table also as
-# an HTML page for the report (`pages_of`), so `snakemake --report report.html results/table2.csv`
-# shows table 2. The pages are written on the submit host and not versioned.
-
-from densepred.tables import write_html_table
+# Results: tables (CSV, versioned in git) and figures, from the evaluation outputs; with `--html` the
+# command also writes each table as an HTML page for the report (`pages_of`), so
+# `snakemake --report report.html results/table2.csv` shows table 2. The pages are not versioned.
 
 
 for _stage in stages_of("tables"):
@@ -16,14 +14,11 @@ for _stage in stages_of("tables"):
             outputs_of(_stage),
         params:
             **params_of(_stage),
-            pages=pages_of(_stage),
         log:
             _stage.log,
         localrule: True
-        run:
-            shell("{params.command} > {log} 2>&1")
-            for page, csv in params.pages.items():
-                write_html_table(csv, page)
+        shell:
+            "{params.command} --html > {log} 2>&1"
 
 
 rule results_all:
