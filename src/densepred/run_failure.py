@@ -119,9 +119,9 @@ class Watch:
 def _kept_copy(run: Any, log: Path) -> Path:
     """`log` itself for a run written to the store now; for a run kept in its journal (the store is
     unreachable) a copy in a folder beside the journal, which the journal's later upload reads."""
-    from densepred.tracking import OfflineRun
-
-    journaled = run if isinstance(run, OfflineRun) else getattr(run, "offline", None)
+    # tracking's runs: an OfflineRun writes its journal; an MlflowRun does once its store failed (its
+    # `offline` is then set). No import of tracking, which imports this module.
+    journaled = getattr(run, "offline", run)
     if journaled is None:
         return log
     journal = journaled.journal.path
