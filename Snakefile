@@ -1,5 +1,5 @@
 # densepred pipeline: synth -> prepare -> pretrain (Taskonomy) -> finetune (NYUD-v2) -> evaluate -> tables,
-# plus the Fig. 7 data-fraction chains and the Ray Tune ablations; the tables' HTML pages for the report.
+# plus the Fig. 7 data-fraction chains and the Ray Tune ablations (each table also as an HTML page for the report).
 #
 #   snakemake --cores all results/table2.csv                       # default profile (params/smoke.yaml)
 #   snakemake --cores all --configfile params/paper.yaml results/table2.csv
@@ -13,4 +13,3 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/tune.smk"
 include: "workflow/rules/tables.smk"
-include: "workflow/rules/report.smk"

@@ -102,3 +102,38 @@ def test_model_kwargs_resolve_each_models_defaults():
 def test_missing_file_is_clear(tmp_path):
     with pytest.raises(ParamsError, match="params file not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_repeated_key_names_file_key_and_both_lines(tmp_path):
+    text = SMOKE.read_text()
+    path = tmp_path / "twice.yaml"
+    path.write_text(text + "seed: 1\n")
+    first = 1 + text.splitlines().index("seed: 0")
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: key 'seed' is given twice") and "\n" not in message
+    assert f"at lines {first} and {len(text.splitlines()) + 1}" in message
+
+
+def test_repeated_nested_key_in_an_override_set_names_its_path(tmp_path):
+    override = tmp_path / "more.yaml"
+    override.write_text("jobs:\n  stl_depth:\n    finetune:\n      iterations: 2\n      iterations: 3\n")
+    with pytest.raises(
+        ParamsError,
+        match=rf"^{override}: key 'jobs.stl_depth.finetune.iterations' is "
+        r"given twice, at lines 4 and 5;",
+    ):
+        load_params([SMOKE, override])
+
+
+def test_merge_keys_may_be_overridden(tmp_path):
+    """A key merged in with `<<:` and set again is YAML's override, not a repeated key."""
+    override = tmp_path / "merge.yaml"
+    override.write_text(
+        "base: &b {iterations: 2, batch_size: 2}\n"
+        "jobs:\n  stl_depth:\n    finetune:\n      <<: *b\n      iterations: 3\n"
+    )
+    from densepred.config import read_yaml
+
+    assert read_yaml(override)["jobs"]["stl_depth"]["finetune"] == {"iterations": 3, "batch_size": 2}

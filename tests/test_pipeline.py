@@ -172,3 +172,18 @@ def test_every_stage_has_one_dvc_name():
         check=True,
     ).stdout.split()
     assert sorted(listed) == sorted(names.values())
+
+
+def test_snakemake_refuses_a_profile_with_a_repeated_key(tmp_path):
+    """Snakemake's own YAML loading keeps the last value; the workflow's profile loading refuses."""
+    path = tmp_path / "twice.yaml"
+    path.write_text(SMOKE.read_text() + "seed: 1\n")
+    result = subprocess.run(
+        [SNAKEMAKE, "-n", f"--configfile={path}", "results/table2.csv"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "key 'seed' is given twice, at lines" in result.stderr and "twice.yaml" in result.stderr

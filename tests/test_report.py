@@ -71,3 +71,26 @@ def test_report_shows_table2_as_a_table(built_project, tmp_path):
         cells = re.search(rf"<tr>\s*(?:<td>[^<]*</td>\s*)*<td>{row['job']}</td>.*?</tr>", page, re.S)
         assert cells, f"no row for {row['job']}"
         assert f"<td>{row['depth_rms']}</td>" in cells.group(0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("target", "pages"),
+    [("results/table2.csv", ("table2", "table2_runs")), ("results/table3.csv", ("table3",))],
+)
+def test_report_of_a_table_target_shows_that_table(built_project, tmp_path, target, pages):
+    """The report of one table's path (not results/all) holds that table's page(s): the tables stage
+    writes them itself."""
+    report = tmp_path / "report.html"
+    run(built_project, "snakemake", "--cores", "1", "--report", str(report), target)
+    results = embedded_results(report.read_text())
+    assert set(results) == {f"results/html/{page}.html" for page in pages}
+    for page in pages:
+        entry = results[f"results/html/{page}.html"]
+        assert entry["mime_type"] == "text/html"
+        rows = list(csv.reader((built_project / "results" / f"{page}.csv").open()))
+        html = data(entry)
+        assert html.count("<tr") == len(rows) and all(f"<th>{name}</th>" in html for name in rows[0])
+        assert all(f"<td>{cell}</td>" in html for row in rows[1:] for cell in row if cell)
+    if "table2" in pages:
+        assert len(list(csv.reader((built_project / "results" / "table2.csv").open()))) == 3  # both jobs

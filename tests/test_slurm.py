@@ -154,7 +154,7 @@ def test_jobs_go_through_sbatch(cluster, slurm_run):
     # the plugin's log of each job, and its sbatch calls: CPUs and memory, no GPUs (smoke profile)
     for name in remote:
         assert list((root / ".snakemake" / "slurm_logs" / f"rule_{name}").glob("*.log")), name
-    for name in ("table2", "table3", "html_table2", "results_all"):
+    for name in ("table2", "table3", "results_all"):
         assert f"localrule {name}:" in done.stderr
     # status polling without accounting: squeue, never sacct
     polls = [line for line in done.stderr.splitlines() if line.startswith("Status query timing (cycle)")]

@@ -126,6 +126,22 @@ def test_failure_marks_run_failed_and_reopen_continues_it(monkeypatch, shared_ur
     assert len(client.search_runs([client.get_experiment_by_name("reopen").experiment_id])) == 1
 
 
+def test_experiments_open_on_the_runs_table(monkeypatch, shared_uri):
+    """MLflow's UI opens an experiment tagged `mlflow.experimentKind` = custom_model_development on
+    its runs table: experiments the suite creates carry the tag, and one created earlier without it
+    gets it when the suite next uses it."""
+    monkeypatch.setenv("DENSEPRED_TRACKING", "on")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    client = client_for(shared_uri)
+    client.create_experiment("made-before")  # as an older version of the suite left it
+    assert "mlflow.experimentKind" not in client.get_experiment_by_name("made-before").tags
+    for experiment in ("made-here", "made-before"):
+        with tracking.start_run(subject(params_for(shared_uri, experiment), "finetune"), "train"):
+            pass
+        tags = client_for(shared_uri).get_experiment_by_name(experiment).tags
+        assert tags["mlflow.experimentKind"] == "custom_model_development", experiment
+
+
 # ------------------------------------------------------------------------------------- concurrency
 
 STEPS = 25

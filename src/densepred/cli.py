@@ -5,7 +5,7 @@
     densepred train    --params P --job NAME --stage {pretrain,finetune} [--init CKPT] --out DIR
     densepred evaluate --params P --job NAME --ckpt CKPT --out FILE.json
     densepred tune     --params P --sweep NAME --out DIR
-    densepred tables   --params P --out DIR
+    densepred tables   --params P --out DIR [--only TABLE] [--html]
     densepred check    --params P              every output agrees with its stage's current settings
     densepred compare  --params P --a JOB --b JOB --metric COLUMN [--dataset D] [--alpha A]
     densepred schema   [--out FILE]
@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from densepred import __version__
+from densepred import __version__, run_failure
 from densepred.config import Params, load_params
 from densepred.errors import Stopped, stopped_by
 from densepred.io import DiskFullError, is_disk_full
@@ -117,11 +117,15 @@ def cmd_tune(args: argparse.Namespace) -> None:
 def cmd_tables(args: argparse.Namespace) -> None:
     from densepred.pipeline import build_stages
     from densepred.records import write_table_record
-    from densepred.tables import write_tables
+    from densepred.tables import write_html_pages, write_tables
 
     params = _params(args)
-    write_tables(params, Path(args.out), runs=Path(args.runs) if args.runs else None, only=args.only)
-    if args.runs is None and Path(args.out) == Path(params.paths.results):
+    runs = Path(args.runs) if args.runs else None
+    written = write_tables(params, Path(args.out), runs=runs, only=args.only)
+    if args.html:
+        for page in write_html_pages(written):
+            print(f"wrote {page}")
+    if runs is None and Path(args.out) == Path(params.paths.results):
         # the profile's own tables: record what they were built from (records.py)
         for stage in build_stages(params, args.params, args.set):
             if stage.kind == "tables" and args.only in (None, stage.name):
@@ -275,6 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="results folder (table2.csv, table3.csv, ...)")
     p.add_argument("--runs", help="runs folder to read (default: paths.runs of the profile)")
     p.add_argument("--only", choices=["table2", "table3", "figure7", "ablations"], help="one table only")
+    p.add_argument(
+        "--html",
+        action="store_true",
+        help="also write each table CSV as an HTML page, <out>/html/<table>.html (for the Snakemake report)",
+    )
 
     p = add(
         "check",
@@ -355,27 +364,37 @@ def sigterm_stops() -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `densepred` console script; returns the exit status."""
+    """Entry point of the `densepred` console script; returns the exit status.
+
+    The one line printed for a failure is also recorded, with the command's log, on the MLflow runs
+    that failed in it (run_failure.py).
+    """
     args = build_parser().parse_args(argv)
     debug = args.debug or bool(os.environ.get("DENSEPRED_DEBUG"))
-    try:
-        with sigterm_stops():
-            args.func(args)
-    except USER_ERRORS as exc:
-        if debug:
-            traceback.print_exc()
-        print(f"densepred {args.command}: error: {error_message(exc)}", file=sys.stderr)
-        return 2
-    except Stopped as exc:
-        print(f"densepred {args.command}: {exc.message}", file=sys.stderr, flush=True)
-        return int(exc.code)
-    except KeyboardInterrupt:
-        print(
-            f"densepred {args.command}: interrupted; unfinished outputs were removed; rerun the same command",
-            file=sys.stderr,
-        )
-        return 130
+    with run_failure.watch() as watch:
+        try:
+            with sigterm_stops():
+                args.func(args)
+        except USER_ERRORS as exc:
+            if debug:
+                traceback.print_exc()
+            return _fail(watch, f"densepred {args.command}: error: {error_message(exc)}", 2)
+        except Stopped as exc:
+            return _fail(watch, f"densepred {args.command}: {exc.message}", int(exc.code))
+        except KeyboardInterrupt:
+            what = "interrupted; unfinished outputs were removed; rerun the same command"
+            return _fail(watch, f"densepred {args.command}: {what}", 130)
+        except Exception as exc:  # a bug: Python prints its traceback on the way out (status 1)
+            watch.failed(traceback.format_exception_only(exc)[-1].strip())
+            raise
     return 0
+
+
+def _fail(watch: run_failure.Watch, line: str, status: int) -> int:
+    """Print a failure's one line, record it on the runs that failed, return the exit status."""
+    print(line, file=sys.stderr, flush=True)
+    watch.failed(line)
+    return status
 
 
 if __name__ == "__main__":

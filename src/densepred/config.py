@@ -571,13 +571,61 @@ def _clean_loc(loc: tuple[Any, ...]) -> str:
 _MODEL_TAGS = {"polymax", "mqtransformer", "deeplabv3plus", "stl_baseline", "mtl_baseline"}
 
 
+class RepeatedKeyError(yaml.YAMLError):
+    """A mapping of a YAML document holds one key twice; the message names the key and both lines."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error.
+
+    Plain YAML loading keeps the last value silently, so a block pasted twice into a params file
+    would run with values nobody chose. Keys merged in with `<<:` may still be overridden (that is
+    what a merge is for); only a mapping's own keys must be unique.
+    """
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._check_unique_keys(node, (), set())
+        return super().construct_document(node)
+
+    def _check_unique_keys(self, node: yaml.Node, where: tuple[str, ...], seen: set[int]) -> None:
+        if id(node) in seen:  # an alias of a node already checked
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._check_unique_keys(item, (*where, str(i)), seen)
+            return
+        if not isinstance(node, yaml.MappingNode):
+            return
+        first_lines: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                self._check_unique_keys(value_node, where, seen)
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):  # a complex key: never a params key
+                continue
+            key = self.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            dotted = ".".join((*where, str(key)))
+            if key in first_lines:
+                raise RepeatedKeyError(
+                    f"key {dotted!r} is given twice, at lines {first_lines[key]} and {line}; keep one "
+                    "(YAML would silently use the last)"
+                )
+            first_lines[key] = line
+            self._check_unique_keys(value_node, (*where, str(key)), seen)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
-    """Read a YAML mapping with errors that name the file."""
+    """Read a YAML mapping with errors that name the file; a key repeated in one mapping is an error
+    naming the key and both lines (`UniqueKeyLoader`)."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"params file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)  # a SafeLoader
+    except RepeatedKeyError as exc:
+        raise ParamsError(f"{path}: {exc}") from None
     except UnicodeDecodeError as exc:
         raise ParamsError(
             f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "

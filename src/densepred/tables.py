@@ -380,6 +380,23 @@ def write_html_table(csv: str | Path, html: str | Path) -> None:
         tmp.write_text(page)
 
 
+def html_page_path(csv: str | Path) -> Path:
+    """Where a table CSV's HTML page goes: `<its folder>/html/<table>.html` (not versioned)."""
+    return Path(csv).parent / "html" / f"{Path(csv).stem}.html"
+
+
+def write_html_pages(written: list[Path]) -> list[Path]:
+    """The HTML page (`html_page_path`) of every CSV among `written`, for the Snakemake report; returns
+    the pages."""
+    pages = []
+    for csv in (Path(p) for p in written if Path(p).suffix == ".csv"):
+        page = html_page_path(csv)
+        page.parent.mkdir(parents=True, exist_ok=True)
+        write_html_table(csv, page)
+        pages.append(page)
+    return pages
+
+
 def write_tables(params: Params, out: Path, runs: Path | None = None, only: str | None = None) -> list[Path]:
     """Write the requested tables (all by default) into `out`; returns the written paths."""
     if runs is not None:

@@ -30,6 +30,10 @@ removes it: each journaled run is uploaded exactly once (a run created from a jo
 `densepred.local_id`, so an interrupted upload is found and replaced, and metric steps already in
 a continued run are skipped).
 
+Experiments are tagged `mlflow.experimentKind` = `custom_model_development` (`EXPERIMENT_TAGS`, also
+on experiments created before), so MLflow's UI opens them on the runs table. A run that fails under
+the CLI gets its error line and log from run_failure.py.
+
 Runs a user can compare:
 - A resumed training continues its run (`run_id`) and logs only metric steps after the last one
   that run already holds, so no step appears twice.
@@ -68,6 +72,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from densepred.config import JobCfg, Params, RuntimeCfg, TrackingCfg, flatten_keys, project_root
+from densepred.run_failure import ERROR_TAG, note_failed
 from densepred.stage_run import StageRun
 
 ENV_SWITCH = "DENSEPRED_TRACKING"
@@ -79,6 +84,9 @@ BATCH_METRICS = 1000
 RETRIES = 10
 LOCAL_ID_TAG = "densepred.local_id"  # on a run uploaded from a journal: the id it had there
 LOCAL_PREFIX = "local-"
+# MLflow's UI opens an experiment on its runs table ("Model training") rather than its GenAI overview
+# (traces, token usage) when the experiment carries this tag.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 # MLflow's own defaults retry an unreachable server for minutes (7 retries, backoff factor 2, 120 s
 # timeout); these bound a failed call to about 30 s. A variable the user set wins.
 HTTP_DEFAULTS = {
@@ -570,20 +578,29 @@ def open_client(uri: str, experiment: str) -> tuple[Any, str]:
         client = MlflowClient(tracking_uri=uri)  # opens the store: creates/migrates a fresh database
         found = with_retry(client.get_experiment_by_name, experiment)
         if found is not None:
-            return client, found.experiment_id
+            return client, _with_kind(client, found)
         try:
-            exp_id = with_retry(client.create_experiment, experiment)
+            exp_id = with_retry(client.create_experiment, experiment, tags=EXPERIMENT_TAGS)
         except Exception:
             # Another writer outside the lock (a tracking server's other clients) won the race.
             found = with_retry(client.get_experiment_by_name, experiment)
             if found is None:
                 raise
-            return client, found.experiment_id
+            return client, _with_kind(client, found)
         location = artifact_location(uri, experiment)
         db = sqlite_path(uri)
         if location and db is not None:
             _set_relative_artifact_location(db, exp_id, location)
     return client, exp_id
+
+
+def _with_kind(client: Any, experiment: Any) -> str:
+    """The id of `experiment`, tagged first with `EXPERIMENT_TAGS` if it lacks them (an experiment
+    created before they were set)."""
+    for key, value in EXPERIMENT_TAGS.items():
+        if experiment.tags.get(key) != value:
+            with_retry(client.set_experiment_tag, experiment.experiment_id, key, value)
+    return experiment.experiment_id
 
 
 def _set_relative_artifact_location(db: Path, experiment_id: str, location: str) -> None:
@@ -653,8 +670,9 @@ def start_run(
     Tags and flattened params are logged at the start. `run_id` continues an earlier run (a resumed
     training) instead of creating one: its params are not logged again, and metric steps it already
     holds are skipped. The run ends FINISHED when the block completes, KILLED on
-    KeyboardInterrupt/SystemExit and FAILED on any other exception. Inside `nested_under` the run
-    is a child of the block's run and carries its tags.
+    KeyboardInterrupt/SystemExit and FAILED on any other exception; a run that fails under the CLI
+    then gets its error line and log (run_failure.py). Inside `nested_under` the run is a child of
+    the block's run and carries its tags.
 
     `journal` (a file in the run folder) is where the run is recorded when the store cannot be
     reached; a journal left there by an earlier attempt is uploaded first when the store is back.
@@ -682,9 +700,11 @@ def start_run(
         yield run
     except (KeyboardInterrupt, SystemExit):
         run.set_terminated("KILLED")
+        note_failed(run)
         raise
     except BaseException:
         run.set_terminated("FAILED")
+        note_failed(run)  # the CLI adds why (its error line) and the stage log: run_failure.py
         raise
     run.set_terminated("FINISHED")
 
@@ -758,6 +778,8 @@ def _reopen(client: Any, run_id: str, uri: str, journal: Journal | None) -> Mlfl
     if found.info.lifecycle_stage == "deleted":
         return None
     with_retry(client.update_run, run_id, status="RUNNING")
+    if ERROR_TAG in found.data.tags:  # the error of the attempt that failed no longer holds
+        with_retry(client.delete_tag, run_id, ERROR_TAG)
     steps = _logged_steps(client, run_id, found.data.metrics)
     last = max((max(s) for s in steps.values() if s), default=None)
     return MlflowRun(

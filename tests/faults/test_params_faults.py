@@ -106,3 +106,13 @@ def test_params_that_are_not_a_mapping_are_named(tmp_path, capsys):
 def test_debug_flag_prints_the_traceback_too(tmp_path, capsys):
     outcome = run_main([*synth(SMOKE, tmp_path / "raw", "runtime.devcie=cpu"), "--debug"], capsys)
     assert outcome.code == 2 and "Traceback" in outcome.err and "runtime.devcie: unknown key" in outcome.err
+
+
+def test_repeated_key_is_named_with_both_lines(tmp_path, capsys):
+    path = tmp_path / "twice.yaml"
+    path.write_text(SMOKE.read_text().replace("seed: 0\n", "seed: 0\nseed: 1\n", 1))
+    line = 1 + SMOKE.read_text().splitlines().index("seed: 0")
+    outcome = run_main(synth(path, tmp_path / "raw"), capsys)
+    assert_fault(outcome, f"{path}: key 'seed' is given twice, at lines {line} and {line + 1}")
+    assert len(outcome.err.strip().splitlines()) == 1
+    assert not (tmp_path / "raw").exists()

@@ -12,6 +12,7 @@ from densepred.dvc_stages import dvc_names
 from densepred.pipeline import RECORDED_KINDS, Command, build_stages, config_overrides
 from densepred.records import stale_stages, with_upstream
 from densepred.snakemake_hooks import rerun_stale
+from densepred.tables import html_page_path
 
 # `--configfile PROFILE [OVERRIDE_SET ...]`: the first file is the profile, any further ones are override
 # sets merged over it in order (params/rehearse.yaml); every stage's command gets the same files
@@ -43,8 +44,9 @@ def stages_of(*kinds):
 
 
 def outputs_of(stage):
-    """Snakemake outputs: folders wrapped in directory(), figures in report() (the tables reach the
-    report as their HTML pages, TABLE_PAGES)."""
+    """Snakemake outputs: folders wrapped in directory(), figures in report(); a tables stage also
+    outputs each table's HTML page in report() (`pages_of`), so the report of any table's path shows
+    that table."""
     outs = []
     for out in stage.outs:
         if out in stage.out_dirs:
@@ -53,16 +55,18 @@ def outputs_of(stage):
             outs.append(report(out, caption=f"../report/{Path(out).stem}.rst", category="Figures"))
         else:
             outs.append(out)
+    for page, csv in pages_of(stage).items():
+        outs.append(report(page, caption=f"../report/{Path(csv).stem}.rst", category="Tables"))
     return outs
 
 
-def html_page(csv):
-    """The HTML page of a table for the report: <results>/html/<table>.html (not versioned)."""
-    return str(Path(csv).parent / "html" / f"{Path(csv).stem}.html")
-
-
-# every table CSV's HTML page (workflow/rules/report.smk)
-TABLE_PAGES = {html_page(out): out for s in stages_of("tables") for out in s.outs if out.endswith(".csv")}
+def pages_of(stage):
+    """The HTML pages of a tables stage's CSVs ({page: csv}): <results>/html/<table>.html, written from
+    the CSV by the stage's command (`densepred tables --html`) and not versioned (dvc.yaml does not
+    list them). The report's viewer renders HTML, images and PDF; a CSV would only be a download link."""
+    if stage.kind != "tables":
+        return {}
+    return {str(html_page_path(out)): out for out in stage.outs if out.endswith(".csv")}
 
 
 def inputs_of(stage):
@@ -122,4 +126,4 @@ rule all:
     `results/all`)."""
     input:
         [o for s in stages_of("tables") for o in s.outs],
-        list(TABLE_PAGES),
+        [page for s in stages_of("tables") for page in pages_of(s)],

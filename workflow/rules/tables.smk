@@ -1,4 +1,6 @@
-# Results: tables (CSV, versioned in git) and figures, from the evaluation outputs.
+# Results: tables (CSV, versioned in git) and figures, from the evaluation outputs; with `--html` the
+# command also writes each table as an HTML page for the report (`pages_of`), so
+# `snakemake --report report.html results/table2.csv` shows table 2. The pages are not versioned.
 
 
 for _stage in stages_of("tables"):
@@ -16,7 +18,7 @@ for _stage in stages_of("tables"):
             _stage.log,
         localrule: True
         shell:
-            "{params.command} > {log} 2>&1"
+            "{params.command} --html > {log} 2>&1"
 
 
 rule results_all:

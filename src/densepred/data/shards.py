@@ -19,7 +19,9 @@ closed), each with a small HDF5 chunk cache; memory is therefore bounded no matt
 exist, and a forked DataLoader worker reopens files instead of sharing handles. Decoded shards are
 not cached as a whole: with per-sample chunks random access costs one chunk read per key.
 
-Integrity: the first time a process opens a shard it compares the file's size and digest (BLAKE2b
+Integrity: opening a `ShardDataset` checks that every shard it reads exists with the size index.json
+lists (one `stat` each), so a truncated or missing shard stops a command before its work (and its
+MLflow run) starts. The first time a process opens a shard it compares the file's size and digest (BLAKE2b
 of its first and last `DIGEST_SPAN` bytes: the whole file for shards up to twice that, otherwise
 the HDF5 superblock, the start of the data and the metadata at the end) with index.json; a
 truncated, replaced or damaged shard is named in a ValueError before any sample of it is used, and
@@ -60,6 +62,7 @@ FRACTION_UNITS = ("samples", "groups")
 _CHUNK_CACHE_BYTES = 1 << 20
 DIGEST_SPAN = 1 << 20
 _VERIFIED: set[tuple[str, int, str]] = set()  # (path, size, digest) checked by this process
+_PREPARE_AGAIN = "run `densepred prepare` again"
 
 
 # ------------------------------------------------------------------------------------------ writing
@@ -192,18 +195,29 @@ def verify_shard(path: Path, entry: dict, index_path: Path) -> None:
     key = (str(path), entry["bytes"], entry["digest"])
     if key in _VERIFIED:
         return
-    if not path.is_file():
+    size = check_shard_size(path, entry, index_path)
+    if file_digest(path, size) != entry["digest"]:
+        raise ValueError(
+            f"corrupt shard {path}: contents differ from the digest in {index_path}; {_PREPARE_AGAIN}"
+        )
+    _VERIFIED.add(key)
+
+
+def check_shard_size(path: Path, entry: dict, index_path: Path) -> int:
+    """The size of the shard file `path`; raises naming it when it is missing, not a file, or of
+    another size than its index entry lists (truncated, appended to). One `stat`, no read."""
+    if not path.exists():
         raise FileNotFoundError(f"missing shard {path} (listed in {index_path})")
+    if not path.is_file():
+        raise ValueError(f"corrupt shard {path}: not a file (listed in {index_path}); {_PREPARE_AGAIN}")
     size = path.stat().st_size
-    rerun = "run `densepred prepare` again"
     if size != entry["bytes"]:
         cause = "truncated" if size < entry["bytes"] else "longer than written"
         raise ValueError(
-            f"corrupt shard {path}: {size} bytes, {index_path} lists {entry['bytes']} ({cause}); {rerun}"
+            f"corrupt shard {path}: {size} bytes, {index_path} lists {entry['bytes']} ({cause}); "
+            f"{_PREPARE_AGAIN}"
         )
-    if file_digest(path, size) != entry["digest"]:
-        raise ValueError(f"corrupt shard {path}: contents differ from the digest in {index_path}; {rerun}")
-    _VERIFIED.add(key)
+    return size
 
 
 def write_index(root: Path, dataset: str, tasks: tuple[str, ...], splits: dict[str, dict]) -> None:
@@ -304,6 +318,8 @@ class ShardDataset(Dataset):
         self._entries = entry["shards"]
         self._starts = np.cumsum([0] + [s["count"] for s in entry["shards"]])
         self._rows = subset_indices(entry["ids"], entry["groups"], fraction, fraction_unit, subset_seed)
+        for shard in np.unique(np.searchsorted(self._starts, self._rows, side="right") - 1):
+            check_shard_size(self._files[shard], self._entries[shard], self.root / INDEX_FILE)
         self.ids = [entry["ids"][i] for i in self._rows]
         self.groups = [entry["groups"][i] for i in self._rows]
         stats_path = self.root / STATS_FILE

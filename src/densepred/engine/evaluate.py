@@ -16,9 +16,11 @@ Outputs:
     <out>_figures/          `num_qualitative` prediction PNGs and, for PolyMaX, cluster probability
                             maps of the first image (the folder is `paths.figures_dir(<out>.json)`)
 
-MLflow: one run per evaluation (tag `stage=evaluate`), opened before the work so its duration is
-real; it records the checkpoint evaluated (path, training stage, fingerprint, weights digest), the
-prepared dataset (`log_input`, digest of its shards), the final metrics, the JSON and the figures.
+MLflow: one run per evaluation (tag `stage=evaluate`), opened once the checkpoint, its model and the
+prepared data's index and shard sizes have passed their checks (a command refused on them opens no
+run) and before the work, so its duration is real; it records the checkpoint evaluated (path,
+training stage, fingerprint, weights digest), the prepared dataset (`log_input`, digest of its
+shards), the final metrics, the JSON and the figures.
 When the store is unreachable the record waits in `<out>.tracking_pending.jsonl` beside the JSON
 (`paths.eval_tracking_journal`): while that file exists, the evaluation is not yet in MLflow.
 
@@ -255,13 +257,19 @@ def _evaluate(run: StageRun, ckpt_path: Path, env: DistEnv) -> dict[str, Any]:
     ds_name = run.dataset
     ckpt = load_checkpoint(ckpt_path)
     check_compatible(ckpt["meta"], list(run.job_cfg.tasks), run.job, ds_name, ckpt_path)
+    # What can refuse the command before the work does so before its MLflow run opens: the checkpoint
+    # and the model it describes, the prepared data's index and shard sizes.
+    model, meta = model_from_checkpoint(ckpt, ckpt_path)
+    data = build_eval_dataset(run, list(meta["tasks"]))
+    if len(data) == 0:
+        raise ValueError(f"{ds_name} split {run.eval_settings.split!r} has no images to evaluate")
     journal = paths.eval_tracking_journal(run.out)
     with tracking.start_run(
         tracking.RunSubject.of_stage(run), "evaluate", journal=journal, enabled=env.is_main
     ) as tracker:
-        tracker.set_tags(checkpoint_tags(ckpt["meta"], ckpt_path, ds_name))
+        tracker.set_tags(checkpoint_tags(meta, ckpt_path, ds_name))
         tracker.log_input(tracking.prepared_dataset(ds_name, prepared_root(run.data, ds_name), "evaluation"))
-        return _evaluate_checkpoint(run, ckpt, ckpt_path, env, tracker)
+        return _evaluate_checkpoint(run, model, meta, data, ckpt_path, env, tracker)
 
 
 def checkpoint_tags(meta: dict[str, Any], path: Path, dataset: str) -> dict[str, str]:
@@ -277,16 +285,18 @@ def checkpoint_tags(meta: dict[str, Any], path: Path, dataset: str) -> dict[str,
 
 
 def _evaluate_checkpoint(
-    run: StageRun, ckpt: dict[str, Any], ckpt_path: Path, env: DistEnv, tracker: tracking.NullRun
+    run: StageRun,
+    model: nn.Module,
+    meta: dict[str, Any],
+    data: Any,
+    ckpt_path: Path,
+    env: DistEnv,
+    tracker: tracking.NullRun,
 ) -> dict[str, Any]:
     settings, ds_name, out_json = run.eval_settings, run.dataset, run.out
-    model, meta = model_from_checkpoint(ckpt, ckpt_path)
     model = model.to(env.device).eval()
     if uses_channels_last(run.runtime, env.device):
         model = model.to(memory_format=torch.channels_last)
-    data = build_eval_dataset(run, list(meta["tasks"]))
-    if len(data) == 0:
-        raise ValueError(f"{ds_name} split {settings.split!r} has no images to evaluate")
     first = data[0]  # one decode of a full-size sample gives both sizes
     frame, input_size = frame_size(first), tuple(int(s) for s in first["image"].shape[-2:])
     eigen_crop = eigen_crop_applies(settings.eigen_crop, ds_name, frame)

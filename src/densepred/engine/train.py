@@ -34,6 +34,9 @@ retrains nothing.
 Failures: a NaN/inf loss term (or gradient norm) raises `NonFiniteLossError` naming the step and the
 terms, before the optimiser step, and no checkpoint is written after it, so `last.pt` stays the
 last good state. SIGTERM writes a checkpoint at the end of the current step and exits with status 143.
+What can refuse the stage before its work (the --init and resumable checkpoints, the prepared data's
+index and shard sizes) is checked before its MLflow run opens, so such a refusal leaves no run; a run
+that fails later gets the CLI's error line and the stage log (densepred/run_failure.py).
 
 Precision and speed: bf16 autocast on CUDA only (`runtime.amp`; the criteria compute in fp32),
 channels_last on CUDA (`runtime.channels_last`), optional `torch.compile` (`runtime.compile`).
