@@ -189,6 +189,12 @@ def table_runs_path(params: Params, name: str) -> str:
     return table_path(params, f"{name}_runs")
 
 
+def table_page(csv: str | Path) -> str:
+    """A table CSV's HTML page for the Snakemake report: `<its folder>/html/<table>.html` (not
+    versioned; written by `densepred tables --html`)."""
+    return str(Path(csv).parent / "html" / f"{Path(csv).stem}.html")
+
+
 def table_record(params: Params, stage_name: str) -> str:
     """What a tables stage built its outputs from (records.py): <results>/records/<stage>.json. Not
     versioned: it names the digests of this machine's evaluation files."""

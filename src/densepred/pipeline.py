@@ -469,13 +469,16 @@ class _Builder:
             "keys": {k: _lookup(self.merged, k) for k in keys},
             "seeds": {job: self.p.job_seeds(job) for job in self.p.jobs},
         }
+        # each CSV's HTML page (for `snakemake --report` of any table) and the stage's record
+        # (records.py) are outputs too, so DVC's run cache restores them with the tables
+        pages = [paths.table_page(o) for o in outs if o.endswith(".csv")]
         record = paths.table_record(self.p, name)
         self.add(
             name,
             "tables",
-            ["tables", "--only", name, "--out", str(self.p.paths.results)],
+            ["tables", "--only", name, "--out", str(self.p.paths.results), "--html"],
             deps,
-            [*outs, record],
+            [*outs, *pages, record],
             [k for k in keys if k != "jobs"] or ["profile"],
             settings=settings,
             record=record,

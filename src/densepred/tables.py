@@ -39,7 +39,7 @@ import pandas as pd
 from densepred.config import JobCfg, Params
 from densepred.io import atomic_path
 from densepred.metrics import multitask_delta_m
-from densepred.paths import eval_path, figure7_eval_path, figures_dir, table_runs_path
+from densepred.paths import eval_path, figure7_eval_path, figures_dir, table_page, table_runs_path
 from densepred.pipeline import figure8_job
 from densepred.reported import reported_table2, reported_table3
 from densepred.seeds import aggregate, spread, spread_columns, t_interval, welch
@@ -380,17 +380,12 @@ def write_html_table(csv: str | Path, html: str | Path) -> None:
         tmp.write_text(page)
 
 
-def html_page_path(csv: str | Path) -> Path:
-    """Where a table CSV's HTML page goes: `<its folder>/html/<table>.html` (not versioned)."""
-    return Path(csv).parent / "html" / f"{Path(csv).stem}.html"
-
-
 def write_html_pages(written: list[Path]) -> list[Path]:
-    """The HTML page (`html_page_path`) of every CSV among `written`, for the Snakemake report; returns
+    """The HTML page (`paths.table_page`) of every CSV among `written`, for the Snakemake report; returns
     the pages."""
     pages = []
     for csv in (Path(p) for p in written if Path(p).suffix == ".csv"):
-        page = html_page_path(csv)
+        page = Path(table_page(csv))
         page.parent.mkdir(parents=True, exist_ok=True)
         write_html_table(csv, page)
         pages.append(page)

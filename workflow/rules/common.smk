@@ -12,7 +12,6 @@ from densepred.dvc_stages import dvc_names
 from densepred.pipeline import RECORDED_KINDS, Command, build_stages, config_overrides
 from densepred.records import stale_stages, with_upstream
 from densepred.snakemake_hooks import rerun_stale
-from densepred.tables import html_page_path
 
 # `--configfile PROFILE [OVERRIDE_SET ...]`: the first file is the profile, any further ones are override
 # sets merged over it in order (params/rehearse.yaml); every stage's command gets the same files
@@ -44,29 +43,20 @@ def stages_of(*kinds):
 
 
 def outputs_of(stage):
-    """Snakemake outputs: folders wrapped in directory(), figures in report(); a tables stage also
-    outputs each table's HTML page in report() (`pages_of`), so the report of any table's path shows
-    that table."""
+    """Snakemake outputs: folders wrapped in directory(), figures and the tables' HTML pages in
+    report(), so the report of any table's path shows that table (its viewer renders HTML, images
+    and PDF; a CSV would only be a download link)."""
     outs = []
     for out in stage.outs:
         if out in stage.out_dirs:
             outs.append(directory(out))
         elif stage.kind == "tables" and out.endswith(".png"):
             outs.append(report(out, caption=f"../report/{Path(out).stem}.rst", category="Figures"))
+        elif stage.kind == "tables" and out.endswith(".html"):
+            outs.append(report(out, caption=f"../report/{Path(out).stem}.rst", category="Tables"))
         else:
             outs.append(out)
-    for page, csv in pages_of(stage).items():
-        outs.append(report(page, caption=f"../report/{Path(csv).stem}.rst", category="Tables"))
     return outs
-
-
-def pages_of(stage):
-    """The HTML pages of a tables stage's CSVs ({page: csv}): <results>/html/<table>.html, written from
-    the CSV by the stage's command (`densepred tables --html`) and not versioned (dvc.yaml does not
-    list them). The report's viewer renders HTML, images and PDF; a CSV would only be a download link."""
-    if stage.kind != "tables":
-        return {}
-    return {str(html_page_path(out)): out for out in stage.outs if out.endswith(".csv")}
 
 
 def inputs_of(stage):
@@ -126,4 +116,3 @@ rule all:
     `results/all`)."""
     input:
         [o for s in stages_of("tables") for o in s.outs],
-        [page for s in stages_of("tables") for page in pages_of(s)],

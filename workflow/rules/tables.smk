@@ -1,6 +1,6 @@
-# Results: tables (CSV, versioned in git) and figures, from the evaluation outputs; with `--html` the
-# command also writes each table as an HTML page for the report (`pages_of`), so
-# `snakemake --report report.html results/table2.csv` shows table 2. The pages are not versioned.
+# Results: tables (CSV, versioned in git), figures and each table's HTML page for the report (so
+# `snakemake --report report.html results/table2.csv` shows table 2; pages are not versioned), and the
+# stage's record of what it built them from (records.py), from the evaluation outputs.
 
 
 for _stage in stages_of("tables"):
@@ -18,7 +18,7 @@ for _stage in stages_of("tables"):
             _stage.log,
         localrule: True
         shell:
-            "{params.command} --html > {log} 2>&1"
+            "{params.command} > {log} 2>&1"
 
 
 rule results_all:
