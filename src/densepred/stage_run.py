@@ -24,6 +24,10 @@ TRAIN_STAGES = ("pretrain", "finetune")
 EVALUATE = "evaluate"
 # Runtime settings that can change a result's numbers (the others only place or size the job).
 NUMERICS_KEYS = ("device", "amp", "channels_last", "compile", "deterministic")
+# Accumulation settings: they change the numbers of a model with BatchNorm (statistics per
+# micro-batch, engine/accumulation.py), so they are part of the identity when set; left out unset,
+# so that a stage's identity is what it was before they existed. The process count is not (README).
+ACCUMULATION_KEYS = ("accumulation_steps", "max_micro_batch")
 
 
 @dataclass(frozen=True)
@@ -122,7 +126,10 @@ class StageRun:
             "tasks": list(self.job_cfg.tasks),
             "settings": self.settings.model_dump(mode="json"),
             "seed": self.seed,
-            "numerics": {k: runtime[k] for k in NUMERICS_KEYS},
+            "numerics": {
+                **{k: runtime[k] for k in NUMERICS_KEYS},
+                **{k: runtime[k] for k in ACCUMULATION_KEYS if runtime[k] is not None},
+            },
         }
 
     def identity_json(self) -> str:
