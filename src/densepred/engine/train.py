@@ -90,6 +90,7 @@ from densepred.engine.checkpoint import (
     weights_digest,
 )
 from densepred.engine.distributed import DistEnv
+from densepred.engine.memory import preflight
 from densepred.engine.optim import build_optimizer, build_scheduler, current_lr, describe_groups
 from densepred.engine.progress import Progress
 from densepred.engine.runtime import autocast_context, job_settings, to_device, uses_channels_last
@@ -420,6 +421,9 @@ def _train(run: StageRun, meta: dict[str, Any], env: DistEnv) -> Path:
     )
     plan = batch_plan(run, env.world_size)
     progress.write(plan.describe())
+    fits = preflight(run, env.device, plan.micro_batch, plan.global_batch)  # before any step
+    if fits:
+        progress.write(fits)
     last_path = paths.last_checkpoint(out)
     resume = load_checkpoint(last_path) if last_path.exists() else None
     if resume is not None:
