@@ -39,10 +39,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # no torch import at run time: the pipeline (stage identities) imports plan_batch
+    import torch
+    from torch import nn
 
 T = TypeVar("T")
 

@@ -10,7 +10,12 @@ the same). Nothing is allocated, so a 240 M-parameter model at 512x512 traces in
   forward (backward ~ 2x forward), the usual MFU convention.
 * Activations: the bytes of the tensors autograd saves for backward (`saved_tensors_hooks`), each
   storage counted once, parameters excluded. The growth from batch 2 to 4 gives the bytes per image,
-  the rest (bf16 copies of the weights under autocast, for instance) is per step.
+  the rest (bf16 copies of the weights under autocast, for instance) is per step. Both are scaled by
+  `ACTIVATION_FACTOR` for what the forward trace does not see: the gradients of activations alive
+  during backward, the criterion's full-resolution terms, kernel workspaces. The factor is measured:
+  peak RSS per image on CPU (fp32, bench/memory_check.py, batch 1 vs 2) over the traced bytes per
+  image at paper size: PolyMaX ConvNeXt-L at 512x512 3662 / 2829 MB = 1.29, MQTransformer Swin-L at
+  448x576 5209 / 3785 MB = 1.38; their mean, 1.35, is used.
 * Static: fp32 weights and gradients (4 + 4 bytes per parameter) and the optimiser state (AdamW 8,
   SGD with momentum 4 bytes per parameter).
 
@@ -37,6 +42,7 @@ import torch
 from densepred.config import ModelCfg, RuntimeCfg
 
 GB = 1e9
+ACTIVATION_FACTOR = 1.35  # measured peak / traced saved activations (module docstring)
 HEADROOM = 0.9  # share of a device's memory the allocator's peak may use (context, fragmentation)
 OPTIMIZER_STATE_BYTES = {"adamw": 8, "sgd": 4}  # per parameter (exp_avg + exp_avg_sq; momentum)
 
@@ -118,7 +124,8 @@ def _trace(
                 flops = counter.get_total_flops() / 2
     at2, at4 = (float(sum(saved[b].values())) for b in (2, 4))
     per_image = (at4 - at2) / 2
-    return ModelCost(params, flops, per_image, max(0.0, at2 - 2 * per_image))
+    fixed = max(0.0, at2 - 2 * per_image)
+    return ModelCost(params, flops, ACTIVATION_FACTOR * per_image, ACTIVATION_FACTOR * fixed)
 
 
 def device_memory(runtime: RuntimeCfg, device: torch.device) -> tuple[float | None, str]:
