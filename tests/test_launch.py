@@ -59,10 +59,13 @@ def test_several_nodes_srun_one_torchrun_per_node():
         48,
         {"mem_mb": 256000, "nodes": 4, "tasks": 4, "mpi": "srun", "cpus_per_task": 48, "gres": "gpu:8"},
     )
-    env = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "gpu[07-10]", "PATH": "/nonexistent"}
+    env = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "gpu07,gpu08,gpu09,gpu10", "PATH": "/nonexistent"}
     command = node_argv(4, 8, ARGV[1:], {**env})
     assert command[:3] == ["torchrun", "--nnodes=4", "--nproc-per-node=8"]
     assert "--rdzv-backend=c10d" in command and "--rdzv-id=4242" in command
+    assert any(a.startswith("--rdzv-endpoint=gpu07:") for a in command)
+    with pytest.raises(ValueError, match="scontrol is needed"):
+        node_argv(4, 8, ARGV[1:], {**env, "SLURM_JOB_NODELIST": "gpu[07-10]"})
     assert command[command.index("-m") :] == ["-m", "densepred.cli", *ARGV[1:]]
 
 

@@ -4,7 +4,9 @@
   real model at the stage's crop, x3 (relative 1e-9: the same counter, the same shapes).
 - Memory: the measured growth of the peak RSS per image (bench/memory_check.py, CPU fp32, two
   training steps at batch 4 and 32) against the plan's estimate per image (ACTIVATION_FACTOR x the
-  traced saved activations): within TOLERANCE (stated in the test).
+  traced saved activations): measured 11.9 vs 9.6 MiB per image for PolyMaX depth (smoke, 96x128):
+  the tiny smoke models spend more of their memory in the full-resolution criterion than the paper
+  models (where the estimate is within 5 %, README). Asserted: measured / estimated in (0.7, 1.4).
 - The CLI prints the table and totals and writes the JSON; a bad target is one line, exit 2, no file.
 - Preflight: a stage whose micro-batch exceeds `runtime.device_memory_gb` stops before its first
   step (no checkpoint, no log) with one message naming the job, the memory needed and available and

@@ -80,10 +80,13 @@ def first_node(env: Mapping[str, str]) -> str:
     nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
     if not nodelist:
         raise ValueError("densepred.launch --nnodes > 1 runs inside a SLURM job (SLURM_JOB_NODELIST unset)")
-    if shutil.which("scontrol") is None:
+    scontrol = shutil.which("scontrol", path=env.get("PATH"))
+    if scontrol is None:  # a plain list of host names needs no expansion
+        if "[" in nodelist:
+            raise ValueError(f"scontrol is needed to expand the node list {nodelist!r}")
         return nodelist.split(",")[0]
     done = subprocess.run(
-        ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True
+        [scontrol, "show", "hostnames", nodelist], capture_output=True, text=True, check=True
     )
     return done.stdout.split()[0]
 
