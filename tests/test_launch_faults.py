@@ -82,7 +82,9 @@ def test_killed_rank_stops_the_stage_and_a_rerun_resumes(tiny_data, tmp_path):  
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert time.monotonic() - killed_at < 60
+    elapsed = time.monotonic() - killed_at
+    print(f"the stage exited {elapsed:.1f} s after rank 1 was killed")
+    assert elapsed < 60
     assert proc.returncode != 0
     assert not (out / "final.pt").exists(), "the run finished before the rank was killed"
     assert "rank      : 1" in output or "rank: 1" in output, output[-3000:]
