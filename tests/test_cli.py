@@ -10,7 +10,7 @@ import pytest
 from conftest import SMOKE, write_params
 from densepred.cli import build_parser, main
 
-COMMANDS = ["synth", "prepare", "train", "evaluate", "tune", "tables", "schema", "dvc"]
+COMMANDS = ["synth", "prepare", "train", "evaluate", "tune", "tables", "schema", "dvc", "plan"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

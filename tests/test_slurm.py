@@ -24,6 +24,7 @@ import slurm_cluster
 from conftest import PAPER, ROOT, SMOKE
 from densepred.config import load_params
 from densepred.pipeline import build_stages
+from engine_fixtures import assert_bitwise_equal, load_weights
 from project_fixtures import TARGET, make_project, project_env, run
 
 PROFILE = "workflow/profiles/slurm"
@@ -64,6 +65,20 @@ def test_readme_command_plans_gpu_jobs_with_gpus(project):
         assert int(jobs[name].get("gpu", 0)) == 0, jobs[name]
     # a sweep holds the GPUs of the trials it runs at once (mqt_queries: 6 trials of 1 GPU)
     assert jobs["tune_mqt_queries"]["gpu"] == "6"
+
+
+def test_multi_node_training_is_one_job_spanning_the_nodes(project):
+    """nodes_per_job=2 with 4 GPUs each: one sbatch job of 2 nodes, one task per node (srun starts
+    one torchrun per node, launch.py), each with the node's CPUs, memory and GPUs; the plugin leaves
+    the command's own srun alone (`mpi`)."""
+    config = ["--config", "runtime={nodes_per_job: 2, gpus_per_job: 4, threads: 8, mem_mb: 32000}"]
+    jobs = planned_jobs(run(project, *README_COMMAND, "-n", *config).stdout)
+    train = {name: res for name, res in jobs.items() if name.startswith(("pretrain_", "finetune_"))}
+    assert train
+    for name, res in train.items():
+        assert (res["nodes"], res["tasks"], res["mpi"], res["gres"]) == ("2", "2", "srun", "gpu:4"), name
+        assert (res["cpus_per_task"], res["mem_mb"]) == ("32", "128000"), name
+    assert all(int(jobs[n]["gpu"]) == 1 for n in jobs if n.startswith("evaluate_"))
 
 
 def test_smoke_profile_requests_no_gpus(project):
@@ -174,3 +189,81 @@ def test_slurm_outputs_equal_a_local_run(slurm_run, built_project):
     # Snakemake recorded the cluster's outputs: nothing left to do
     plan = run(root, "snakemake", "--workflow-profile", PROFILE, "-n", ALL)
     assert "Nothing to be done" in plan.stdout + plan.stderr
+
+
+TWO_PROCS = "runtime={procs_per_job: 2}"
+TWO_PROC_STAGE = "runs/smoke/stl_depth/finetune/final.pt"
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_two_process_stage_is_one_sbatch_job(cluster, tmp_path_factory):
+    """The 2-process stage through the profile: one sbatch job with the CPUs and memory of both
+    processes, COMPLETED, bitwise the weights of the same stage run locally; then the multi-node launch
+    line (srun, one torchrun per node, c10d rendezvous on the first node) on this one node, also equal."""
+    root = make_project(tmp_path_factory.mktemp("slurm-2proc") / "project")
+    env = {"SLURM_CONF": str(cluster.conf), "PATH": f"{cluster.bin}:{project_env(root)['PATH']}"}
+    fast = ["--slurm-init-seconds-before-status-checks=2", "--verbose"]
+    target = [TWO_PROC_STAGE, "--config", TWO_PROCS]
+    done = run(
+        root, "snakemake", "--workflow-profile", PROFILE, *fast, *target, env=env, timeout=600, check=False
+    )
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-8000:]}\n{cluster.logs()}"
+    calls = [
+        line for line in done.stderr.splitlines() if "sbatch call:" in line and "finetune_stl_depth" in line
+    ]
+    assert len(calls) == 1 and "--cpus-per-task=2" in calls[0] and "--mem 8000" in calls[0], calls
+    queue = cluster.run("squeue", "--states=all", "--noheader", "--format=%k|%T").stdout.split()
+    assert "rule_finetune_stl_depth|COMPLETED" in queue, queue
+    slurm = load_weights(root / TWO_PROC_STAGE)
+
+    local = root / "runs" / "local"
+    train = ["train", "--params", "params/smoke.yaml", "--job", "stl_depth", "--stage", "finetune"]
+    sets = ["--set", "runtime.procs_per_job=2"]
+    run(
+        root,
+        "torchrun",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "densepred.cli",
+        *train,
+        "--out",
+        str(local),
+        *sets,
+    )
+    assert_bitwise_equal(slurm, load_weights(local / "final.pt"))
+
+    multi = root / "runs" / "multi"
+    line = [
+        "srun",
+        "--nodes",
+        "1",
+        "--ntasks-per-node",
+        "1",
+        "--kill-on-bad-exit=1",
+        "python",
+        "-m",
+        "densepred.launch",
+    ]
+    line += ["--nnodes", "1", "--nproc-per-node", "2", "--", *train, "--out", str(multi), *sets]
+    wrap = " ".join(line)
+    out = root / "multi.out"
+    submitted = run(
+        root,
+        "sbatch",
+        "--parsable",
+        "--wait",
+        "--cpus-per-task=2",
+        f"--output={out}",
+        "--wrap",
+        wrap,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    assert submitted.returncode == 0, f"{submitted.stderr}\n{out.read_text() if out.exists() else ''}"
+    log = out.read_text()
+    assert "--rdzv-backend=c10d" in log and "--nnodes=1" in log, log[-3000:]
+    assert_bitwise_equal(slurm, load_weights(multi / "final.pt"))

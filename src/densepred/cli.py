@@ -176,6 +176,18 @@ def cmd_dvc(args: argparse.Namespace) -> None:
     print(f"wrote {args.out} ({len(doc['stages'])} stages)")
 
 
+def cmd_plan(args: argparse.Namespace) -> None:
+    from densepred.io import atomic_write_json
+    from densepred.plan import make_plan, render
+
+    files = args.params if len(args.params) > 1 else args.params[0]
+    plan = make_plan(files, args.target, args.set, gpu_mem_gb=args.gpu_mem_gb, mfu=args.mfu)
+    print(render(plan))
+    if args.out:
+        atomic_write_json(Path(args.out), plan)
+        print(f"wrote {args.out}")
+
+
 def cmd_schema(args: argparse.Namespace) -> None:
     from densepred.config import SCHEMA_PATH, write_json_schema
 
@@ -319,6 +331,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "paths", nargs="*", default=["runs"], help="folders (or journal files) to search; default runs"
     )
+
+    p = add(
+        "plan",
+        cmd_plan,
+        "Before launch: FLOPs, images, memory per GPU, the GPUs or accumulation that fit, and GPU-hours "
+        "of the training stages a target needs.",
+    )
+    _add_common(p)
+    p.add_argument(
+        "--target",
+        nargs="+",
+        default=["results/table2.csv", "results/all"],
+        help="targets (default: %(default)s)",
+    )
+    p.add_argument("--gpu-mem-gb", type=float, default=80.0, help="memory of one GPU (default 80)")
+    p.add_argument(
+        "--mfu", type=float, help="model FLOP utilisation (default: results/bench_gpu.json, else 0.35)"
+    )
+    p.add_argument("--out", help="write the plan as JSON here")
 
     p = add("schema", cmd_schema, "Export the params JSON schema (for Snakemake's validate).")
     _add_common(p, params=False)

@@ -405,14 +405,64 @@ class RuntimeCfg(Strict):
     num_workers: int = Field(0, ge=0)
     deterministic: bool = True
     threads: int = Field(1, ge=1, description="CPU threads per training/evaluation job")
-    gpus_per_job: int = Field(0, ge=0, description="GPUs per training job (Snakemake resource)")
-    mem_mb: int = Field(4000, gt=0, description="memory per job (Snakemake resource)")
+    gpus_per_job: int = Field(
+        0,
+        ge=0,
+        description="GPUs on each node of a training job; above 0 it is also the number of training "
+        "processes per node (one per GPU, started by torchrun)",
+    )
+    procs_per_job: int | None = Field(
+        None,
+        ge=1,
+        description="training processes per node when gpus_per_job is 0 (CPU, gloo); with GPUs it "
+        "must equal gpus_per_job or be left unset",
+    )
+    nodes_per_job: int = Field(
+        1,
+        ge=1,
+        description="nodes of one training job (SLURM: one sbatch job; srun starts torchrun per node)",
+    )
+    accumulation_steps: int | None = Field(
+        None,
+        ge=1,
+        description="micro-batches per optimiser step on each process; unset: the fewest that keep the "
+        "micro-batch within max_micro_batch (1 without a cap)",
+    )
+    max_micro_batch: int | None = Field(
+        None, ge=1, description="most images one process runs forward/backward at once (derives accumulation)"
+    )
+    device_memory_gb: float | None = Field(
+        None,
+        gt=0.0,
+        description="memory one training process may use (GB) for the preflight check; unset: the GPU's "
+        "own (no check on CPU)",
+    )
+    mem_mb: int = Field(4000, gt=0, description="memory per training process (x processes per node)")
     keep_last_checkpoint: bool = Field(
         False,
         description="keep checkpoints/last.pt after final.pt is written; by default it is removed, since "
         "it holds the optimiser state (about 2.8 GB for PolyMaX ConvNeXt-L) and a finished stage "
         "never resumes",
     )
+
+    @model_validator(mode="after")
+    def _one_process_per_gpu(self) -> RuntimeCfg:
+        if self.gpus_per_job and self.procs_per_job not in (None, self.gpus_per_job):
+            raise ValueError(
+                f"procs_per_job={self.procs_per_job} with gpus_per_job={self.gpus_per_job}: a GPU job runs "
+                "one process per GPU; leave procs_per_job unset"
+            )
+        return self
+
+    @property
+    def procs_per_node(self) -> int:
+        """Training processes per node: one per GPU, else `procs_per_job` (CPU), else 1."""
+        return self.gpus_per_job or self.procs_per_job or 1
+
+    @property
+    def world_size(self) -> int:
+        """Training processes of one job over all its nodes."""
+        return self.procs_per_node * self.nodes_per_job
 
 
 class TrackingCfg(Strict):

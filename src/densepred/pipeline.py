@@ -38,12 +38,15 @@ from densepred.config import (
     PRESET_KEY,
     Params,
     ParamsFiles,
+    RuntimeCfg,
     merge_presets,
     profile_files,
     read_profile,
     validate,
     with_overrides,
 )
+from densepred.launch import train_argv as launch_argv
+from densepred.launch import train_resources
 from densepred.stage_run import StageRun
 from densepred.sweeps import expand_trials
 
@@ -128,7 +131,7 @@ class Stage:
     benchmark: str = ""  # Snakemake's record of the stage's wall time and peak memory
     threads: int = 1
     priority: int = 0
-    resources: dict[str, int] = field(default_factory=dict, compare=False, hash=False)
+    resources: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     metrics: tuple[str, ...] = ()
     plots: tuple[tuple[str, str, str], ...] = ()  # (file, x, y)
     init: str | None = None  # the checkpoint a training stage starts from or an evaluation evaluates
@@ -202,16 +205,19 @@ class _Builder:
         outs: list[str],
         keys: list[str],
         settings: Any = None,
+        launch: RuntimeCfg | None = None,
         **kw: Any,
     ) -> Stage:
-        """One stage; `settings` defaults to the resolved values of `keys`."""
+        """One stage; `settings` defaults to the resolved values of `keys`. `launch`: the runtime
+        whose process count starts the command (launch.py; training stages)."""
         if settings is None:
             settings = {k: _lookup(self.merged, k) for k in keys}
         set_args = [a for s in (*self.sets, *kw.pop("sets", ())) for a in ("--set", s)]
+        argv = ("densepred", args[0], "--params", *self.files, *args[1:], *set_args)
         stage = Stage(
             name=name,
             kind=kind,
-            argv=("densepred", args[0], "--params", *self.files, *args[1:], *set_args),
+            argv=launch_argv(launch, argv) if launch is not None else argv,
             deps=tuple(deps),
             outs=tuple(outs),
             param_keys=tuple(k for k in keys if _has(self.tree, k)),
@@ -234,9 +240,10 @@ class _Builder:
             keys.append(f"presets.{preset}")
         return [*keys, "seed"]
 
-    def job_resources(self) -> dict[str, int]:
+    def eval_resources(self) -> dict[str, Any]:
+        """An evaluation is one process: one GPU at most."""
         rt = self.p.runtime
-        return {"mem_mb": rt.mem_mb, "gpu": rt.gpus_per_job}
+        return {"mem_mb": rt.mem_mb, "gpu": min(rt.gpus_per_job, 1)}
 
     # -- data
     def data(self) -> None:
@@ -307,6 +314,7 @@ class _Builder:
             out = str(paths.final_checkpoint(folder))
             run = StageRun.train(params, job, stage, folder, Path(last) if last else None)
             init = ["--init", last] if last else []
+            threads, resources = train_resources(params.runtime)
             self.add(
                 f"{stage}_{tag}{suffix}",
                 "train",
@@ -317,9 +325,10 @@ class _Builder:
                 settings=run.identity(),
                 sets=sets,
                 init=last,
-                threads=self.p.runtime.threads,
+                launch=params.runtime,
+                threads=threads,
                 priority=PRIORITY[stage],
-                resources=self.job_resources(),
+                resources=resources,
                 plots=((str(paths.train_log(folder)), "step", "total"),),
             )
             last = out
@@ -357,7 +366,7 @@ class _Builder:
             init=ckpt,
             out_dirs=frozenset({figures}),
             threads=self.p.runtime.threads,
-            resources=self.job_resources(),
+            resources=self.eval_resources(),
             metrics=(out,),
         )
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from densepred.config import DatasetCfg, EvalCfg, JobCfg, Params, RuntimeCfg, StageCfg, TrackingCfg
+from densepred.engine.accumulation import plan_batch
 from densepred.records import fingerprint
 
 TRAIN_STAGES = ("pretrain", "finetune")
@@ -122,8 +123,29 @@ class StageRun:
             "tasks": list(self.job_cfg.tasks),
             "settings": self.settings.model_dump(mode="json"),
             "seed": self.seed,
-            "numerics": {k: runtime[k] for k in NUMERICS_KEYS},
+            "numerics": {k: runtime[k] for k in NUMERICS_KEYS} | self._accumulation(),
         }
+
+    def _accumulation(self) -> dict[str, int]:
+        """The accumulation steps of a training stage when above 1 (else nothing, so that identities
+        stay what they were before accumulation existed).
+
+        Accumulation changes the numbers of a model with BatchNorm: its statistics are taken over
+        micro-batch x processes = global batch / accumulation images (synchronised BatchNorm spans the
+        processes), so the steps, not the process count, are what the result depends on; the process
+        count alone changes the numbers only by float summation order (README, "On a GPU cluster")
+        and is not part of the identity. The steps are resolved for the profile's process count.
+        """
+        if not isinstance(self.settings, StageCfg):
+            return {}
+        rt = self.runtime
+        try:
+            plan = plan_batch(
+                self.settings.batch_size, rt.world_size, rt.accumulation_steps, rt.max_micro_batch
+            )
+        except ValueError:
+            return {}  # the trainer reports the impossible split
+        return {"accumulation_steps": plan.accumulation} if plan.accumulation > 1 else {}
 
     def identity_json(self) -> str:
         """`identity()` as canonical JSON (sorted keys)."""

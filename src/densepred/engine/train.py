@@ -40,17 +40,21 @@ that fails later gets the CLI's error line and the stage log (densepred/run_fail
 
 Precision and speed: bf16 autocast on CUDA only (`runtime.amp`; the criteria compute in fp32),
 channels_last on CUDA (`runtime.channels_last`), optional `torch.compile` (`runtime.compile`).
-DDP under torchrun: `stage.batch_size` is the global batch, split evenly over the processes;
-BatchNorm becomes synchronised BatchNorm when there is more than one process (see distributed.py);
-rank 0 alone writes files and the MLflow run. Launch with
+DDP under torchrun: `stage.batch_size` is the global batch (the paper's), split evenly over the
+processes and, on each, into `runtime.accumulation_steps` micro-batches (or as many as
+`runtime.max_micro_batch` needs): global batch = micro-batch x accumulation steps x world size
+(engine/accumulation.py, which also documents the BatchNorm departure of accumulation). BatchNorm
+becomes synchronised BatchNorm when there is more than one process (see distributed.py); rank 0
+alone writes files and the MLflow run. The trainer only reads RANK / WORLD_SIZE / LOCAL_RANK: the
+launch (torchrun on one node, srun + torchrun per node on several) is the pipeline's (launch.py),
+which starts a stage as
 
-    torchrun --nproc_per_node=N -m densepred.cli train --params P --job J --stage S --out DIR
+    torchrun --standalone --nproc-per-node N -m densepred.cli train --params P --job J --stage S --out DIR
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import math
 import signal
@@ -69,6 +73,7 @@ from torch.utils.data import DataLoader
 from densepred import paths, tracking
 from densepred.config import RuntimeCfg
 from densepred.engine import distributed as dist_utils
+from densepred.engine.accumulation import BatchPlan, accumulate_gradients, grouped, plan_batch
 from densepred.engine.build import (
     build_criterion,
     build_model,
@@ -88,12 +93,14 @@ from densepred.engine.checkpoint import (
     weights_digest,
 )
 from densepred.engine.distributed import DistEnv
+from densepred.engine.memory import preflight
 from densepred.engine.optim import build_optimizer, build_scheduler, current_lr, describe_groups
 from densepred.engine.progress import Progress
 from densepred.engine.runtime import autocast_context, job_settings, to_device, uses_channels_last
 from densepred.engine.sampler import StepSampler, StreamDataset
+from densepred.engine.trainlog import TrainLog, Window
 from densepred.errors import Stopped
-from densepred.io import atomic_write_json, atomic_write_text, naming_disk_full
+from densepred.io import atomic_write_json, atomic_write_text
 from densepred.stage_run import StageRun
 from densepred.tasks import dataset_info
 
@@ -186,6 +193,7 @@ def resolved_config(run: StageRun, env: DistEnv) -> dict[str, Any]:
         "git_commit": tracking.git_commit(),
         "init": str(run.init) if run.init else None,
         "world_size": env.world_size,
+        "batch_plan": vars(batch_plan(run, env.world_size)),
         "device": str(env.device),
         "dataset": run.data.model_dump(mode="json"),
         "runtime": run.runtime.model_dump(mode="json"),
@@ -219,100 +227,6 @@ class StopFlag:
             signal.signal(signal.SIGTERM, previous)
 
 
-# --------------------------------------------------------------------------------------------- logs
-
-
-@dataclass
-class TrainLog:
-    """train_log.csv: appended row by row; on resume, rows past the checkpoint's step are dropped."""
-
-    path: Path
-    fields: list[str] = field(default_factory=list)
-
-    def truncate_after(self, step: int) -> None:
-        """Keep the header and the rows with step <= `step` (rows of steps that will be redone go)."""
-        if not self.path.exists():
-            return
-        with open(self.path, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        keep = [r for r in rows if r.get("step", "").isdigit() and int(r["step"]) <= step and None not in r]
-        if not keep:
-            self.path.unlink()
-            return
-        self.fields = list(keep[0].keys())
-        with open(self.path, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=self.fields)
-            writer.writeheader()
-            writer.writerows(keep)
-
-    def append(self, row: Mapping[str, float | int]) -> None:
-        new = not self.path.exists()
-        if new:
-            self.fields = list(row.keys())
-        elif not self.fields:
-            with open(self.path, newline="") as handle:
-                self.fields = next(csv.reader(handle), [])
-        missing = [k for k in row if k not in self.fields]
-        if missing:
-            raise ValueError(f"{self.path}: loss terms {missing} appeared mid-run (columns {self.fields})")
-        with naming_disk_full(self.path), open(self.path, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=self.fields)
-            if new:
-                writer.writeheader()
-            writer.writerow({k: _fmt(row.get(k, "")) for k in self.fields})
-            handle.flush()
-
-
-def _fmt(value: Any) -> Any:
-    return f"{value:.8g}" if isinstance(value, float) else value
-
-
-class Window:
-    """Running sums of loss terms between two log steps, averaged over steps and ranks."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.steps = 0
-        self.grad_norm = 0.0
-        self.t0 = time.perf_counter()
-
-    def add(self, losses: Mapping[str, float], grad_norm: float) -> None:
-        for key, value in losses.items():
-            self.sums[key] = self.sums.get(key, 0.0) + value
-        self.grad_norm += grad_norm
-        self.steps += 1
-
-    def _reduced(self, env: DistEnv) -> tuple[list[str], torch.Tensor]:
-        """Sorted term names and their sums over ranks (grad norm last); a collective call."""
-        keys = sorted(self.sums)
-        t = torch.tensor([self.sums[k] for k in keys] + [self.grad_norm], dtype=torch.float64)
-        return keys, dist_utils.all_reduce_sum(env, t)
-
-    def means(self, env: DistEnv) -> dict[str, float]:
-        keys, t = self._reduced(env)
-        t /= max(1, self.steps) * env.world_size
-        means = {k: float(v) for k, v in zip(keys, t[:-1].tolist())}
-        means["grad_norm"] = float(t[-1])
-        return means
-
-    def state(self, env: DistEnv) -> dict[str, Any]:
-        """The window so far, summed over ranks, for the checkpoint (a resumed run logs the same means)."""
-        keys, t = self._reduced(env)
-        return {"keys": keys, "sums": t, "steps": self.steps}
-
-    @classmethod
-    def restore(cls, state: Mapping[str, Any] | None, env: DistEnv) -> Window:
-        """A window continuing `state`; rank 0 holds the (already rank-summed) sums, others zeros."""
-        window = cls()
-        if not state:
-            return window
-        sums = state["sums"].tolist() if env.is_main else [0.0] * (len(state["keys"]) + 1)
-        window.sums = dict(zip(state["keys"], sums[:-1]))
-        window.grad_norm = sums[-1]
-        window.steps = int(state["steps"])
-        return window
-
-
 # ------------------------------------------------------------------------------------------- training
 
 
@@ -331,6 +245,7 @@ class Trainer:
     loader: DataLoader
     meta: dict[str, Any]
     step: int
+    plan: BatchPlan  # global batch = micro-batch x accumulation steps x world size
     tracker: tracking.NullRun = field(default_factory=tracking.NullRun)  # the MLflow run
     progress: Progress | None = None
     last_lr: float = 0.0  # the learning rate the latest step used
@@ -385,16 +300,22 @@ class Trainer:
         dist_utils.barrier(self.env)
         return path
 
-    def train_step(self, batch: dict[str, Any]) -> tuple[dict[str, float], float]:
-        """One optimiser step; returns the loss terms as floats and the gradient norm."""
-        settings, runtime = self.run.train_settings, self.run.runtime
+    def micro_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Forward one micro-batch and return its loss terms (engine/accumulation.py calls backward)."""
+        runtime = self.run.runtime
         batch = to_device(batch, self.env.device, uses_channels_last(runtime, self.env.device))
         with autocast_context(runtime, self.env.device):
             outputs = self.model(batch["image"])
-        losses = self.criterion(outputs, batch)
-        values = check_finite_losses(self.env, losses, self.step + 1)
+        return self.criterion(outputs, batch)
+
+    def train_step(self, micro_batches: list[dict[str, Any]]) -> tuple[dict[str, float], float]:
+        """One optimiser step over the step's micro-batches (gradient accumulation, see
+        engine/accumulation.py); returns the loss terms (means over the micro-batches) as floats and
+        the gradient norm. A non-finite term stops before the optimiser step."""
+        settings = self.run.train_settings
         self.optimizer.zero_grad(set_to_none=True)
-        losses["total"].backward()
+        losses = accumulate_gradients(self.model, micro_batches, self.micro_losses)
+        values = check_finite_losses(self.env, losses, self.step + 1)
         max_norm = settings.grad_clip if settings.grad_clip is not None else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), max_norm))
         if not math.isfinite(grad_norm):
@@ -412,8 +333,8 @@ class Trainer:
         settings = self.run.train_settings
         log = TrainLog(paths.train_log(self.run.out))
         self.model.train()
-        for batch in self.loader:
-            values, grad_norm = self.train_step(batch)
+        for micro_batches in grouped(self.loader, self.plan.accumulation):
+            values, grad_norm = self.train_step(micro_batches)
             self.window.add(values, grad_norm)
             if self.step % settings.log_every == 0 or self.step == settings.iterations:
                 self._log(log, self.window)
@@ -446,8 +367,6 @@ class Trainer:
 
 def check_finite_losses(env: DistEnv, losses: Mapping[str, torch.Tensor], step: int) -> dict[str, float]:
     """The loss terms as floats; raises NonFiniteLossError (on every rank) if any is NaN/inf on any rank."""
-    if "total" not in losses:
-        raise ValueError(f"the criterion returned no 'total' entry (keys {sorted(losses)})")
     keys = list(losses)
     stacked = torch.stack([losses[k].detach().float().reshape(()) for k in keys])
     values = dict(zip(keys, stacked.tolist()))  # one device sync for every term
@@ -504,6 +423,11 @@ def _train(run: StageRun, meta: dict[str, Any], env: DistEnv) -> Path:
     progress = Progress(
         settings.iterations, 0, f"{run.job}/{run.stage}", every=settings.log_every, enabled=env.is_main
     )
+    plan = batch_plan(run, env.world_size)
+    progress.write(plan.describe())
+    fits = preflight(run, env.device, plan.micro_batch, plan.global_batch)  # before any step
+    if fits:
+        progress.write(fits)
     last_path = paths.last_checkpoint(out)
     resume = load_checkpoint(last_path) if last_path.exists() else None
     if resume is not None:
@@ -530,7 +454,7 @@ def _train(run: StageRun, meta: dict[str, Any], env: DistEnv) -> Path:
     for line in describe_groups(optimizer):
         progress.write(line)
     criterion = build_criterion(run.job_cfg, settings).to(env.device)
-    loader = build_loader(dataset, run, env, step)
+    loader = build_loader(dataset, run, env, step, plan)
     wrapped = wrap_model(model, run.runtime, env)
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -548,6 +472,7 @@ def _train(run: StageRun, meta: dict[str, Any], env: DistEnv) -> Path:
         loader=loader,
         meta=meta,
         step=step,
+        plan=plan,
         progress=progress,
         window=Window.restore((resume or {}).get("log_window"), env),
     )
@@ -595,6 +520,14 @@ def _previous_run_id(out: Path, meta: Mapping[str, Any], uri: str) -> str | None
     return record.get("run_id")
 
 
+def batch_plan(run: StageRun, world_size: int) -> BatchPlan:
+    """The stage's split of its global batch over `world_size` processes and accumulation steps."""
+    runtime = run.runtime
+    return plan_batch(
+        run.train_settings.batch_size, world_size, runtime.accumulation_steps, runtime.max_micro_batch
+    )
+
+
 def prepare_model(model: nn.Module, runtime: RuntimeCfg, env: DistEnv) -> nn.Module:
     """Device, synchronised BatchNorm (world size > 1), channels_last (CUDA)."""
     if env.distributed:
@@ -620,8 +553,9 @@ def wrap_model(model: nn.Module, runtime: RuntimeCfg, env: DistEnv) -> nn.Module
     return wrapped
 
 
-def build_loader(dataset: Any, run: StageRun, env: DistEnv, start_step: int) -> DataLoader:
-    """The rank's loader for steps start_step .. iterations-1 (see engine/sampler.py).
+def build_loader(dataset: Any, run: StageRun, env: DistEnv, start_step: int, plan: BatchPlan) -> DataLoader:
+    """The rank's loader for steps start_step .. iterations-1 (see engine/sampler.py), in
+    micro-batches: each step's share of the rank comes as `plan.accumulation` consecutive batches.
 
     A private generator keeps DataLoader's worker seeding off the global RNG, whose state is part of
     the checkpoint (a resumed run must draw the same dropout masks as an uninterrupted one).
@@ -630,7 +564,7 @@ def build_loader(dataset: Any, run: StageRun, env: DistEnv, start_step: int) -> 
     sampler = StepSampler(settings.batch_size, start_step, settings.iterations, env.rank, env.world_size)
     return DataLoader(
         StreamDataset(dataset, run.seed),
-        batch_size=sampler.local_batch,
+        batch_size=plan.micro_batch,
         sampler=sampler,
         num_workers=run.runtime.num_workers,
         collate_fn=collate_fn(),
