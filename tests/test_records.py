@@ -19,7 +19,7 @@ from densepred.records import (
     disagreement,
     identity_difference,
     stale_stages,
-    write_table_record,
+    write_stage_record,
 )
 from engine_fixtures import evaluate, tiny_data, tiny_params_file, train  # noqa: F401
 
@@ -115,11 +115,11 @@ def test_a_table_records_its_inputs_and_outputs(built):
     for out in table.outs:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text("job\nx\n")
-    write_table_record(table)
+    write_stage_record(table)
     assert disagreement(table) is None
     Path(table.outs[0]).write_text("job\ny\n")  # restored from git, say
     assert "is not what" in disagreement(table)
-    write_table_record(table)
+    write_stage_record(table)
     ev = Path(stages[f"evaluate_{JOB}_nyud"].outs[0])
     ev.write_text(ev.read_text().replace('"meta"', '"meta" ', 1))
     assert disagreement(table) == f"{table.outs[0]} was built from another {ev}"
@@ -130,3 +130,46 @@ def test_a_corrupt_output_is_stale(built):
     fine = stages[f"finetune_{JOB}"]
     Path(fine.outs[0]).write_bytes(b"\0" * 100)
     assert "its record cannot be read" in disagreement(fine)
+
+
+def test_a_checkpoint_without_a_weights_digest_leaves_its_followers_undecided(built):
+    _, stages = built
+    fine, ev = stages[f"finetune_{JOB}"], stages[f"evaluate_{JOB}_nyud"]
+    ckpt = torch.load(fine.outs[0], weights_only=True)
+    del ckpt["meta"]["weights_digest"]  # as written before weights digests existed
+    save_checkpoint(Path(fine.outs[0]), ckpt)
+    assert checkpoint_identity(fine.outs[0]) is None
+    assert disagreement(ev) is None  # never "stale forever": left to Snakemake's and DVC's triggers
+
+
+def test_prepared_data_and_sweeps_record_their_settings(built):
+    params_file, stages = built
+    prepare, sweep = stages["prepare_nyud"], next(s for s in stages.values() if s.kind == "tune")
+    Path(prepare.outs[0]).mkdir(parents=True, exist_ok=True)  # (points at the session's tiny data)
+    assert prepare.record == str(Path(prepare.outs[0]) / "densepred-record.json")
+    assert disagreement(sweep) is None  # no summary yet
+    Path(sweep.outs[0]).parent.mkdir(parents=True, exist_ok=True)
+    Path(sweep.outs[0]).write_text("trial,depth_rms\nk8,1.0\n")
+    assert disagreement(sweep) is None  # a summary from before records: the tools' own triggers decide
+    write_stage_record(sweep)
+    assert disagreement(sweep) is None
+    name = sweep.name.removeprefix("tune_")
+    edited = _stages(params_file, f"sweeps.{name}.max_trials=1")[sweep.name]
+    assert disagreement(edited) == f"{sweep.outs[0]} was made with other settings ({sweep.record})"
+    Path(sweep.outs[0]).write_text("trial,depth_rms\nk8,2.0\n")
+    assert "is not what" in disagreement(sweep)
+
+
+def test_outdated_benchmarks_are_set_aside(tmp_path):
+    from types import SimpleNamespace
+
+    from densepred.snakemake_hooks import set_aside_outdated_benchmarks
+
+    bench, out = tmp_path / "stage.tsv", tmp_path / "final.pt"
+    bench.write_text("s\n1\n")
+    out.write_text("x")
+    stage = SimpleNamespace(benchmark=str(bench), outs=(str(out),))
+    assert set_aside_outdated_benchmarks([stage]) == [str(bench)]  # the output is newer
+    assert not bench.exists() and (tmp_path / "stage.tsv.outdated").is_file()
+    bench.write_text("s\n1\n")  # newer than the output: Snakemake's own record of the run
+    assert set_aside_outdated_benchmarks([stage]) == [] and bench.exists()

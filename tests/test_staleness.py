@@ -63,6 +63,14 @@ def project(baseline, tmp_path) -> Path:
     return root
 
 
+def test_a_built_tree_agrees_with_its_params(project):
+    """Every stage that keeps a record wrote one, and every record agrees."""
+    for record in ("data/smoke/prepared/nyud/densepred-record.json", "results/records/table2.json"):
+        assert (project / record).is_file(), record
+    check = run(project, "densepred", "check", "--params", "params/smoke.yaml")
+    assert "every existing output agrees with params/smoke.yaml" in check.stdout
+
+
 def test_a_checkpoint_dvc_trained_under_other_settings_reruns_after_git_checkout(project):
     table = (project / TARGET).read_bytes()
     run(project, "dvc", "exp", "run", "-S", SHORTER, "table2")
@@ -71,7 +79,7 @@ def test_a_checkpoint_dvc_trained_under_other_settings_reruns_after_git_checkout
     planned, text = _planned(project)
     assert planned == {"finetune_stl_depth", "evaluate_stl_depth_nyud", "table2"}, text[-3000:]
     assert (
-        f"densepred: rerunning finetune_stl_depth: {FINETUNE} was made with other settings "
+        f"densepred: finetune_stl_depth is stale: {FINETUNE} was made with other settings "
         "(settings.iterations: output 3, params 2)"
     ) in text
     run(project, "snakemake", "--cores", "2", TARGET)

@@ -93,6 +93,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         **options,
     )
     print(f"prepared {args.dataset} into {args.out}: {summary}")
+    _record(args, params, lambda st: st.kind == "prepare" and Path(st.outs[0]) == Path(args.out))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -111,12 +112,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_tune(args: argparse.Namespace) -> None:
     from densepred.tune import run_sweep
 
-    run_sweep(_params(args), args.sweep, Path(args.out), params_path=_files(args), overrides=args.set)
+    params = _params(args)
+    run_sweep(params, args.sweep, Path(args.out), params_path=_files(args), overrides=args.set)
+    _record(
+        args, params, lambda st: st.name == f"tune_{args.sweep}" and Path(st.record).parent == Path(args.out)
+    )
 
 
 def cmd_tables(args: argparse.Namespace) -> None:
-    from densepred.pipeline import build_stages
-    from densepred.records import write_table_record
     from densepred.tables import write_html_pages, write_tables
 
     params = _params(args)
@@ -126,10 +129,18 @@ def cmd_tables(args: argparse.Namespace) -> None:
         for page in write_html_pages(written):
             print(f"wrote {page}")
     if runs is None and Path(args.out) == Path(params.paths.results):
-        # the profile's own tables: record what they were built from (records.py)
-        for stage in build_stages(params, args.params, args.set):
-            if stage.kind == "tables" and args.only in (None, stage.name):
-                write_table_record(stage)
+        _record(args, params, lambda st: st.kind == "tables" and args.only in (None, st.name))
+
+
+def _record(args: argparse.Namespace, params: Params, ran: Callable[[Any], bool]) -> None:
+    """Write the record (records.py) of each pipeline stage `ran` says this command just ran where
+    the profile puts its outputs; a command run elsewhere by hand records nothing."""
+    from densepred.pipeline import build_stages
+    from densepred.records import write_stage_record
+
+    for stage in build_stages(params, args.params, args.set):
+        if stage.record is not None and ran(stage):
+            write_stage_record(stage)
 
 
 def cmd_check(args: argparse.Namespace) -> None:

@@ -195,6 +195,17 @@ def table_page(csv: str | Path) -> str:
     return str(Path(csv).parent / "html" / f"{Path(csv).stem}.html")
 
 
+def sweep_record(params: Params, sweep: str) -> str:
+    """What a sweep's summary was made with (records.py), beside it."""
+    return str(sweep_dir(params, sweep) / "record.json")
+
+
+def data_record(prepared: str | Path) -> str:
+    """What a prepared dataset was made with (records.py), inside its folder (so that it moves with
+    it, through DVC's cache too); the readers open only the files its index names."""
+    return str(Path(prepared) / "densepred-record.json")
+
+
 def table_record(params: Params, stage_name: str) -> str:
     """What a tables stage built its outputs from (records.py): <results>/records/<stage>.json. Not
     versioned: it names the digests of this machine's evaluation files."""

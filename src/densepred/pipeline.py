@@ -135,7 +135,7 @@ class Stage:
     metrics: tuple[str, ...] = ()
     plots: tuple[tuple[str, str, str], ...] = ()  # (file, x, y)
     init: str | None = None  # the checkpoint a training stage starts from or an evaluation evaluates
-    record: str | None = None  # a tables stage's record of its inputs and outputs (records.py)
+    record: str | None = None  # the record file of a tables, sweep or prepare stage (records.py)
 
     @property
     def command(self) -> str:
@@ -277,6 +277,7 @@ class _Builder:
                 [str(ds.prepared)],
                 [f"datasets.{name}"],
                 out_dirs=frozenset({str(ds.prepared)}),
+                record=paths.data_record(ds.prepared),
                 resources={"mem_mb": self.p.runtime.mem_mb},
             )
 
@@ -437,6 +438,7 @@ class _Builder:
                 keys,
                 threads=cpus,
                 resources={"mem_mb": self.p.runtime.mem_mb, "gpu": gpus},
+                record=paths.sweep_record(self.p, name),
             )
 
     def tables(self) -> None:

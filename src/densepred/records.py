@@ -14,12 +14,14 @@ So the outputs carry their own record, and the decision is taken from it:
   that DVC's run cache restores it with the tables) with the fingerprint of the stage's settings,
   the digest of every input it read (evaluation JSONs, sweep summaries, figure folders) and the
   digest of every table it wrote, so that a table restored by git beside a record of another build
-  is seen for what it is.
+  is seen for what it is;
+* a sweep's summary and a prepared dataset: the same kind of record file without the inputs
+  (`paths.sweep_record` beside the summary, `paths.data_record` inside the prepared folder).
 
 `disagreement(stage)` compares an existing output's record with what the stage would record now
 (from the current params and the inputs on disk) and says how they differ, in one line; the Snakefile
-reruns such stages (workflow/rules/common.smk) and refuses to record them in dvc.lock. Data, sweep
-and report stages keep Snakemake's and DVC's own triggers.
+reruns such stages (workflow/rules/common.smk) and refuses to record them in dvc.lock. Synthetic raw
+data keeps Snakemake's and DVC's own triggers.
 
 Reading a checkpoint's meta here does not import torch (a Snakefile parse must stay cheap): the meta
 is read from the checkpoint's pickle with every tensor left unread.
@@ -72,7 +74,10 @@ def file_digest(path: str | Path) -> str:
     """sha256 of a file's bytes, or of a folder's files (relative names and bytes, sorted)."""
     path = Path(path)
     digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    if path.is_dir():  # Snakemake's marker in directory() outputs is no content
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name != ".snakemake_timestamp")
+    else:
+        files = [path]
     for file in files:
         if path.is_dir():
             digest.update(f"{file.relative_to(path).as_posix()}\n".encode())
@@ -126,9 +131,12 @@ def checkpoint_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def checkpoint_identity(path: str | Path) -> str:
-    """`weights_identity` of a final checkpoint, from its meta."""
+def checkpoint_identity(path: str | Path) -> str | None:
+    """`weights_identity` of a final checkpoint, from its meta; None for a checkpoint written without
+    the digest of its weights (which `checkpoint.init_identity` would have to compute from them)."""
     meta = checkpoint_meta(path)
+    if not meta.get("weights_digest"):
+        return None
     return weights_identity(meta.get("settings_hash"), meta.get("weights_digest"))
 
 
@@ -169,11 +177,15 @@ def _made_by(stage: StageLike, recorded_hash: Any, recorded_identity: Any) -> st
             init_text = checkpoint_identity(stage.init)
         except ValueError:
             return None  # the init stage is stale itself and reruns first
+        if init_text is None:
+            return None  # a checkpoint from before weights digests: undecidable here
     if recorded_hash == fingerprint(stage.settings, init_text):
         return None
     detail = identity_difference(recorded_identity, json.loads(stage.settings))
     if detail:
         return f"made with other settings ({detail})"
+    if stage.init is None:
+        return "made with other settings"
     return f"made from other weights than the current {stage.init}"
 
 
@@ -185,14 +197,16 @@ def disagreement(stage: StageLike) -> str | None:
     if out is None or not out.exists():
         return None
     try:
+        if stage.kind in RECORD_FILE_KINDS:
+            return _record_disagreement(stage)
         if stage.kind == "train":
             meta = checkpoint_meta(out)
         elif stage.kind == "evaluate":
-            meta = json.loads(out.read_text()).get("meta", {})
-        elif stage.kind == "tables":
-            return _table_disagreement(stage)
+            meta = json.loads(out.read_text()).get("meta")
         else:
             return None
+        if not isinstance(meta, dict):
+            raise ValueError("no meta")
     except (ValueError, OSError, AttributeError) as exc:
         return f"{out}: its record cannot be read ({exc})"
     why = _made_by(stage, meta.get("settings_hash"), meta.get("identity"))
@@ -222,54 +236,67 @@ def stale_stages(stages: Iterable[StageLike]) -> dict[str, str]:
     return found
 
 
-# ---------------------------------------------------------------------------------------- table records
+# ------------------------------------------------------------------------------------- record files
+
+# Kinds whose record is a file of its own (`Stage.record`) rather than inside the output.
+RECORD_FILE_KINDS = ("tables", "tune", "prepare")
 
 
 def _present(paths: Iterable[str]) -> dict[str, str]:
-    return {p: file_digest(p) for p in paths if Path(p).exists()}
+    return {p: file_digest(p) for p in paths if Path(p).is_file()}
 
 
-def table_record(stage: StageLike) -> dict[str, Any]:
-    """What a tables stage records once it has written its outputs (paths.table_record)."""
-    return {
+def stage_record(stage: StageLike) -> dict[str, Any]:
+    """What a stage with a record file records once its outputs are written (`Stage.record`): the
+    fingerprint of its settings, the digests of its output files, and for tables the digests of the
+    evaluations and summaries they were built from (a sweep's or a dataset's inputs are folders of
+    data, whose changes Snakemake and DVC see themselves)."""
+    record = {
         "format": RECORD_FORMAT,
         "stage": stage.name,
         "settings_hash": fingerprint(stage.settings, None),
-        "inputs": _present(stage.deps),
         "outputs": _present(o for o in stage.outs if o != stage.record),
     }
+    if stage.kind == "tables":
+        record["inputs"] = _present(stage.deps)
+    return record
 
 
-def _table_disagreement(stage: StageLike) -> str | None:
+def _changed(recorded: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    return sorted(k for k in recorded.keys() | now.keys() if recorded.get(k) != now.get(k))
+
+
+def _record_disagreement(stage: StageLike) -> str | None:
+    """`disagreement` for the kinds with a record file. A missing record makes a table stale (cheap
+    to rebuild) and leaves a sweep or prepared data to the tools' own triggers (written before
+    records existed; expensive to redo)."""
     if stage.record is None:
         return None
     record_path = Path(stage.record)
     if not record_path.is_file():
+        if stage.kind != "tables":
+            return None
         return f"{stage.outs[0]} has no record of what it was built from ({record_path} is missing)"
     recorded = json.loads(record_path.read_text())
-    now = table_record(stage)
-    if recorded.get("outputs") != now["outputs"]:
+    now = stage_record(stage)
+    if not isinstance(recorded, dict) or recorded.get("outputs") != now["outputs"]:
         return f"{stage.outs[0]} is not what {record_path} records (rewritten or restored since)"
     if recorded.get("settings_hash") != now["settings_hash"]:
-        return f"{stage.outs[0]} was built under other table settings"
-    changed = sorted(
-        k
-        for k in recorded.get("inputs", {}).keys() | now["inputs"].keys()
-        if recorded.get("inputs", {}).get(k) != now["inputs"].get(k)
-    )
+        return f"{stage.outs[0]} was made with other settings ({record_path})"
+    changed = _changed(recorded.get("inputs", {}), now.get("inputs", {}))
     if changed:
         more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
         return f"{stage.outs[0]} was built from another {changed[0]}{more}"
     return None
 
 
-def write_table_record(stage: StageLike) -> Path:
-    """Write a tables stage's record (after its outputs), atomically; returns its path."""
+def write_stage_record(stage: StageLike) -> Path:
+    """Write a stage's record file (after its outputs), atomically; returns its path."""
     from densepred.io import atomic_write_json
 
     if stage.record is None:
         raise ValueError(f"stage {stage.name} keeps no record")
     path = Path(stage.record)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, table_record(stage))
+    atomic_write_json(path, stage_record(stage))
     return path

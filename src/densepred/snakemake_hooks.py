@@ -14,8 +14,8 @@ pinned in pyproject.toml; tests/test_staleness.py drives the real tool and fails
 working). A cluster job step (`--target-jobs`) runs exactly the job it was sent and is left alone.
 
 Stages whose outputs agree with their records but were rewritten by another tool after Snakemake's
-last run of them lose their benchmark record (`drop_outdated_benchmarks`), which Snakemake would
-otherwise take as the outputs' age.
+last run of them have their benchmark record moved aside (`set_aside_outdated_benchmarks`), which
+Snakemake would otherwise take as the outputs' age.
 """
 
 from __future__ import annotations
@@ -38,14 +38,16 @@ def _producers(workflow: Any) -> dict[str, Any]:
 
 
 def needed_rules(workflow: Any, targets: Iterable[str]) -> set[str]:
-    """The names of the rules the targets (rule names or files) need, the targets' own included."""
+    """The names of the rules the targets (rule names, or files relative to the working directory or
+    absolute, as Snakemake takes them) need, the targets' own included."""
     producers = _producers(workflow)
     todo = []
     for target in targets:
+        path = os.path.relpath(target) if os.path.isabs(target) else os.path.normpath(target)
         if workflow.is_rule(target):
             todo.append(workflow.get_rule(target))
-        elif os.path.normpath(target) in producers:
-            todo.append(producers[os.path.normpath(target)])
+        elif path in producers:
+            todo.append(producers[path])
     seen: set[str] = set()
     while todo:
         rule = todo.pop()
@@ -59,21 +61,22 @@ def needed_rules(workflow: Any, targets: Iterable[str]) -> set[str]:
     return seen
 
 
-def drop_outdated_benchmarks(stages: Iterable[Any]) -> list[str]:
-    """Remove the benchmark records that are older than their stage's output; returns them.
+def set_aside_outdated_benchmarks(stages: Iterable[Any]) -> list[str]:
+    """Move the benchmark records older than their stage's output to `<record>.outdated`; returns
+    the records moved.
 
     Snakemake writes a stage's benchmark (`logs/<profile>/benchmarks/<stage>.tsv`) after the run and
     counts its time as the time of the stage's outputs. An output rewritten since by another tool
     (`dvc repro`) under the same settings is newer than that record, which then no longer describes
     it; left in place, it would make the stage look older than its inputs and rerun for nothing."""
-    dropped = []
+    moved = []
     for stage in stages:
         bench, out = getattr(stage, "benchmark", ""), stage.outs[0] if stage.outs else ""
         present = bench and os.path.isfile(bench) and os.path.exists(out)
         if present and os.stat(bench).st_mtime_ns < os.stat(out).st_mtime_ns:
-            os.remove(bench)
-            dropped.append(bench)
-    return dropped
+            os.replace(bench, f"{bench}.outdated")
+            moved.append(bench)
+    return moved
 
 
 def rerun_stale(workflow: Any, stages: list[StageLike]) -> None:
@@ -89,8 +92,8 @@ def rerun_stale(workflow: Any, stages: list[StageLike]) -> None:
             wanted = [s for s in stages if s.name in needed]
             stale = stale_stages(wanted)
             for name, why in stale.items():
-                print(f"densepred: rerunning {name}: {why}", file=sys.stderr)
-            drop_outdated_benchmarks([s for s in wanted if s.name not in stale])
+                print(f"densepred: {name} is stale: {why}", file=sys.stderr)
+            set_aside_outdated_benchmarks([s for s in wanted if s.name not in stale])
             # a stage `--allowed-rules` keeps from running stays stale (and out of dvc.lock)
             allowed = settings.allowed_rules or by_name.keys()
             forced = {by_name[n].outs[0] for n in stale if n in allowed}

@@ -424,6 +424,7 @@ def _train(run: StageRun, meta: dict[str, Any], env: DistEnv) -> Path:
         settings.iterations, 0, f"{run.job}/{run.stage}", every=settings.log_every, enabled=env.is_main
     )
     plan = batch_plan(run, env.world_size)
+    check_launch_matches(run, plan, env.world_size)
     progress.write(plan.describe())
     fits = preflight(run, env.device, plan.micro_batch, plan.global_batch)  # before any step
     if fits:
@@ -518,6 +519,18 @@ def _previous_run_id(out: Path, meta: Mapping[str, Any], uri: str) -> str | None
     if record.get("settings_hash") != meta.get("settings_hash") or record.get("uri") != uri:
         return None
     return record.get("run_id")
+
+
+def check_launch_matches(run: StageRun, plan: BatchPlan, world_size: int) -> None:
+    """Refuse a launch whose process count gives other accumulation steps than the runtime settings
+    (which the stage's identity and its checkpoints record, stage_run.py): the record would lie."""
+    expected = batch_plan(run, run.runtime.world_size)
+    if plan.accumulation != expected.accumulation:
+        raise ValueError(
+            f"{run.job}/{run.stage}: launched with {world_size} process(es), but the runtime settings "
+            f"describe {run.runtime.world_size} ({expected.accumulation} accumulation step(s), not "
+            f"{plan.accumulation}); set runtime.gpus_per_job / runtime.procs_per_job to match the launch"
+        )
 
 
 def batch_plan(run: StageRun, world_size: int) -> BatchPlan:
