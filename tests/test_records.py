@@ -145,7 +145,6 @@ def test_a_checkpoint_without_a_weights_digest_leaves_its_followers_undecided(bu
 def test_prepared_data_and_sweeps_record_their_settings(built):
     params_file, stages = built
     prepare, sweep = stages["prepare_nyud"], next(s for s in stages.values() if s.kind == "tune")
-    Path(prepare.outs[0]).mkdir(parents=True, exist_ok=True)  # (points at the session's tiny data)
     assert prepare.record == str(Path(prepare.outs[0]) / "densepred-record.json")
     assert disagreement(sweep) is None  # no summary yet
     Path(sweep.outs[0]).parent.mkdir(parents=True, exist_ok=True)

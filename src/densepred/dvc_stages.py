@@ -28,10 +28,8 @@ _GROUPED_KINDS = ("train", "evaluate")
 
 
 def stage_job(stage: Stage) -> str | None:
-    """The job a stage runs (its `--job`), or None for data, sweep and table stages."""
-    if "--job" not in stage.argv:
-        return None
-    return stage.argv[stage.argv.index("--job") + 1]
+    """The job a training or evaluation stage runs, or None for data, sweep and table stages."""
+    return stage.job if stage.kind in _GROUPED_KINDS else None
 
 
 def _entry(st: Stage, params_path: str) -> dict[str, Any]:

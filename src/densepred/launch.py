@@ -63,13 +63,8 @@ def train_resources(runtime: RuntimeCfg) -> tuple[int, dict[str, Any]]:
     if nodes > 1:
         # one sbatch job of `nodes` tasks, one per node, each with the node's CPUs and GPUs; `mpi`
         # tells the SLURM plugin that the command starts its own srun (else it wraps it in `srun -n1`)
-        resources = {
-            "mem_mb": runtime.mem_mb * nproc,
-            "nodes": nodes,
-            "tasks": nodes,
-            "mpi": "srun",
-            "cpus_per_task": threads,
-        }
+        resources = {"mem_mb": resources["mem_mb"], "nodes": nodes, "tasks": nodes}
+        resources |= {"mpi": "srun", "cpus_per_task": threads}
         if runtime.gpus_per_job:
             resources["gres"] = f"gpu:{runtime.gpus_per_job}"
     return threads, resources

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import shlex
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,10 @@ class Stage:
     resources: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     metrics: tuple[str, ...] = ()
     plots: tuple[tuple[str, str, str], ...] = ()  # (file, x, y)
+    job: str | None = None  # the job a training or evaluation stage runs (or a sweep varies)
+    train_stage: str | None = None  # "pretrain" or "finetune" for a training stage
+    sweep: str | None = None  # the sweep a tune stage runs
+    overrides: tuple[str, ...] = ()  # the `--set KEY=VALUE` overrides its command passes
     init: str | None = None  # the checkpoint a training stage starts from or an evaluation evaluates
     record: str | None = None  # the record file of a tables, sweep or prepare stage (records.py)
 
@@ -212,12 +217,14 @@ class _Builder:
         whose process count starts the command (launch.py; training stages)."""
         if settings is None:
             settings = {k: _lookup(self.merged, k) for k in keys}
-        set_args = [a for s in (*self.sets, *kw.pop("sets", ())) for a in ("--set", s)]
+        overrides = (*self.sets, *kw.pop("sets", ()))
+        set_args = [a for s in overrides for a in ("--set", s)]
         argv = ("densepred", args[0], "--params", *self.files, *args[1:], *set_args)
         stage = Stage(
             name=name,
             kind=kind,
             argv=launch_argv(launch, argv) if launch is not None else argv,
+            overrides=overrides,
             deps=tuple(deps),
             outs=tuple(outs),
             param_keys=tuple(k for k in keys if _has(self.tree, k)),
@@ -325,6 +332,8 @@ class _Builder:
                 self.job_keys(job, stage),
                 settings=run.identity(),
                 sets=sets,
+                job=job,
+                train_stage=stage,
                 init=last,
                 launch=params.runtime,
                 threads=threads,
@@ -364,6 +373,7 @@ class _Builder:
             keys,
             settings=run.identity(),
             sets=sets,
+            job=job,
             init=ckpt,
             out_dirs=frozenset({figures}),
             threads=self.p.runtime.threads,
@@ -439,6 +449,8 @@ class _Builder:
                 threads=cpus,
                 resources={"mem_mb": self.p.runtime.mem_mb, "gpu": gpus},
                 record=paths.sweep_record(self.p, name),
+                job=sweep.job,
+                sweep=name,
             )
 
     def tables(self) -> None:
@@ -494,6 +506,18 @@ class _Builder:
             settings=settings,
             record=record,
         )
+
+
+def upstream(stages: Sequence[Stage], roots: Iterable[Stage]) -> list[Stage]:
+    """`roots` and every stage whose outputs they depend on, transitively, in pipeline order."""
+    producer = {out: st for st in stages for out in st.outs}
+    todo, seen = list(roots), set()
+    while todo:
+        st = todo.pop()
+        if st.name not in seen:
+            seen.add(st.name)
+            todo += [producer[d] for d in st.deps if d in producer]
+    return [st for st in stages if st.name in seen]
 
 
 def _with_overrides(tree: dict[str, Any], sets: tuple[str, ...], source: str) -> Params:

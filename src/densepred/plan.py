@@ -32,7 +32,7 @@ from typing import Any
 from densepred.config import Params, ParamsFiles, load_params
 from densepred.engine.accumulation import plan_batch
 from densepred.engine.memory import GB, trace_cost
-from densepred.pipeline import Stage, build_stages
+from densepred.pipeline import Stage, build_stages, upstream
 from densepred.stage_run import TRAIN_STAGES
 from densepred.sweeps import expand_trials, trial_params
 
@@ -151,7 +151,6 @@ def fewest_processes(global_batch: int, micro_batch: int) -> int | None:
 
 def needed_stages(stages: Sequence[Stage], target: str) -> list[Stage]:
     """The stages `target` needs (itself included): a stage output, a table name or `results/all`."""
-    producer = {out: s for s in stages for out in s.outs}
     if target in ("all", "results/all") or target.endswith("/all"):
         roots = [s for s in stages if s.kind == "tables"]
     else:
@@ -159,37 +158,21 @@ def needed_stages(stages: Sequence[Stage], target: str) -> list[Stage]:
     if not roots:
         tables = sorted(o for s in stages if s.kind == "tables" for o in s.outs)
         raise ValueError(f"no stage makes {target!r}; targets: results/all, {', '.join(tables)}")
-    needed: dict[str, Stage] = {}
-    todo = list(roots)
-    while todo:
-        stage = todo.pop()
-        if stage.name not in needed:
-            needed[stage.name] = stage
-            todo += [producer[d] for d in stage.deps if d in producer]
-    return [s for s in stages if s.name in needed]
+    return upstream(stages, roots)
 
 
-def _option(argv: Sequence[str], flag: str) -> str | None:
-    return argv[argv.index(flag) + 1] if flag in argv else None
-
-
-def _sets(argv: Sequence[str]) -> list[str]:
-    return [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
-
-
-def rows_of(stage: Stage, files: ParamsFiles, gpu_mem_gb: float, speed: Throughput) -> list[StagePlan]:
-    """The plan rows of one pipeline stage: a training stage, or every trial chain of a sweep."""
-    params = load_params(files, _sets(stage.argv))
+def rows_of(stage: Stage, params: Params, gpu_mem_gb: float, speed: Throughput) -> list[StagePlan]:
+    """The plan rows of one pipeline stage (`params`: the profile with the stage's overrides): a
+    training stage, or every trial chain of a sweep."""
     if stage.kind == "train":
-        job, kind = _option(stage.argv, "--job"), _option(stage.argv, "--stage")
-        assert job is not None and kind is not None
-        return [stage_plan(params, stage.name, job, kind, gpu_mem_gb, speed, params.runtime.world_size)]
-    if stage.kind != "tune":
+        assert stage.job is not None and stage.train_stage is not None
+        processes = params.runtime.world_size
+        return [stage_plan(params, stage.name, stage.job, stage.train_stage, gpu_mem_gb, speed, processes)]
+    if stage.kind != "tune" or stage.sweep is None:
         return []
-    name = _option(stage.argv, "--sweep")
-    sweep = params.sweeps[str(name)]
+    sweep = params.sweeps[stage.sweep]
     rows = []
-    for trial in expand_trials(sweep, str(name)):
+    for trial in expand_trials(sweep, stage.sweep):
         tp = trial_params(params, sweep.job, trial)
         for kind in TRAIN_STAGES:
             if getattr(tp.job(sweep.job), kind) is not None:  # a trial is one process (tune.py)
@@ -221,6 +204,7 @@ def make_plan(
     stages = build_stages(params, files, list(overrides))
     speed = throughput(mfu=mfu)
     cache: dict[str, list[StagePlan]] = {}
+    loaded: dict[tuple[str, ...], Params] = {}  # the profile under each stage's overrides, read once
     out: dict[str, Any] = {"profile": params.profile, "gpu_mem_gb": gpu_mem_gb, "throughput": speed.source}
     out["memory_method"] = "engine/memory.py: fp32 weights+grads+optimiser state + traced saved activations"
     seeds = max(len(params.job_seeds(j)) for j in params.jobs)
@@ -230,7 +214,9 @@ def make_plan(
         rows = []
         for stage in needed_stages(stages, target):
             if stage.name not in cache:
-                cache[stage.name] = rows_of(stage, files, gpu_mem_gb, speed)
+                if stage.overrides not in loaded:
+                    loaded[stage.overrides] = load_params(files, list(stage.overrides))
+                cache[stage.name] = rows_of(stage, loaded[stage.overrides], gpu_mem_gb, speed)
             rows += cache[stage.name]
         union.update({r.stage: r for r in rows})
         out["targets"][target] = {"totals": totals(rows, seeds), "stages": [r.stage for r in rows]}

@@ -29,6 +29,7 @@ is read from the checkpoint's pickle with every tensor left unread.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import pickle
@@ -115,8 +116,18 @@ class _MetaUnpickler(pickle.Unpickler):
 def checkpoint_meta(path: str | Path) -> dict[str, Any]:
     """The `meta` of a densepred checkpoint, read without loading its tensors (or importing torch).
 
-    Raises ValueError naming the file when it is not a readable torch zip checkpoint with a meta."""
+    Raises ValueError naming the file when it is not a readable torch zip checkpoint with a meta. A
+    checkpoint is read once per version of the file (a stage's own check and its followers' share it)."""
     path = Path(path)
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise ValueError(f"checkpoint {path} could not be read ({exc})") from None
+    return _read_meta(path, info.st_ino, info.st_mtime_ns, info.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _read_meta(path: Path, inode: int, mtime_ns: int, size: int) -> dict[str, Any]:
     try:
         with zipfile.ZipFile(path) as archive:
             name = next((n for n in archive.namelist() if n.endswith("/data.pkl")), None)
@@ -211,19 +222,6 @@ def disagreement(stage: StageLike) -> str | None:
         return f"{out}: its record cannot be read ({exc})"
     why = _made_by(stage, meta.get("settings_hash"), meta.get("identity"))
     return None if why is None else f"{out} was {why}"
-
-
-def with_upstream(stages: list[StageLike], names: Iterable[str]) -> list[StageLike]:
-    """The named stages and every stage whose outputs they depend on, transitively, in pipeline order."""
-    producer = {out: st for st in stages for out in st.outs}
-    by_name = {st.name: st for st in stages}
-    todo, seen = [by_name[n] for n in names if n in by_name], set()
-    while todo:
-        st = todo.pop()
-        if st.name not in seen:
-            seen.add(st.name)
-            todo += [producer[d] for d in st.deps if d in producer]
-    return [st for st in stages if st.name in seen]
 
 
 def stale_stages(stages: Iterable[StageLike]) -> dict[str, str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from densepred.config import DatasetCfg, EvalCfg, JobCfg, Params, RuntimeCfg, StageCfg, TrackingCfg
-from densepred.engine.accumulation import plan_batch
+from densepred.engine.accumulation import BatchPlan, plan_batch
 from densepred.records import fingerprint
 
 TRAIN_STAGES = ("pretrain", "finetune")
@@ -138,14 +138,20 @@ class StageRun:
         """
         if not isinstance(self.settings, StageCfg):
             return {}
-        rt = self.runtime
         try:
-            plan = plan_batch(
-                self.settings.batch_size, rt.world_size, rt.accumulation_steps, rt.max_micro_batch
-            )
+            plan = self.batch_plan()
         except ValueError:
             return {}  # the trainer reports the impossible split
         return {"accumulation_steps": plan.accumulation} if plan.accumulation > 1 else {}
+
+    def batch_plan(self, world_size: int | None = None) -> BatchPlan:
+        """A training stage's split of its global batch over `world_size` processes (default: the
+        runtime's) and accumulation steps (engine/accumulation.py)."""
+        rt = self.runtime
+        processes = rt.world_size if world_size is None else world_size
+        return plan_batch(
+            self.train_settings.batch_size, processes, rt.accumulation_steps, rt.max_micro_batch
+        )
 
     def identity_json(self) -> str:
         """`identity()` as canonical JSON (sorted keys)."""

@@ -9,8 +9,8 @@ from snakemake.utils import validate
 
 from densepred.config import ParamsError, load_params, read_profile
 from densepred.dvc_stages import dvc_names
-from densepred.pipeline import RECORDED_KINDS, Command, build_stages, config_overrides
-from densepred.records import stale_stages, with_upstream
+from densepred.pipeline import RECORDED_KINDS, Command, build_stages, config_overrides, upstream
+from densepred.records import stale_stages
 from densepred.snakemake_hooks import rerun_stale
 
 # `--configfile PROFILE [OVERRIDE_SET ...]`: the first file is the profile, any further ones are override
@@ -90,7 +90,7 @@ def dvc_commit(log):
     built = sorted(names[name] for name in jobs if name in names)
     # never record an output made from, or with, an output whose own record disagrees with its
     # stage's settings (records.py); stages kept from rerunning by --allowed-rules are not in the DAG
-    stale = stale_stages(with_upstream(STAGES, jobs))
+    stale = stale_stages(upstream(STAGES, [s for s in STAGES if s.name in jobs]))
     if stale:
         name, why = next(iter(stale.items()))
         sys.exit(f"densepred: dvc.lock not updated: stage {names.get(name, name)}: {why}")

@@ -124,7 +124,11 @@ def init_identity(path: Path) -> str:
     fingerprint (`meta.settings_hash`) and its weights digest (from its meta, or computed from the
     weights for a checkpoint written without it). Rewriting the file with equal weights and other
     provenance (git commit, profile name, paths) leaves it unchanged."""
-    ckpt = load_checkpoint(path, mmap=True)
+    return loaded_identity(load_checkpoint(path, mmap=True))
+
+
+def loaded_identity(ckpt: Mapping[str, Any]) -> str:
+    """`init_identity` of a checkpoint already loaded (`load_checkpoint`)."""
     meta = ckpt["meta"]
     digest = meta.get("weights_digest") or weights_digest(ckpt["model"])
     return weights_identity(meta.get("settings_hash"), digest)

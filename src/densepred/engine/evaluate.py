@@ -54,7 +54,7 @@ from densepred.engine.build import (
     parse_model_config,
     prepared_root,
 )
-from densepred.engine.checkpoint import init_identity, load_checkpoint
+from densepred.engine.checkpoint import load_checkpoint, loaded_identity
 from densepred.engine.distributed import DistEnv
 from densepred.engine.runtime import autocast_context, job_settings, to_device, uses_channels_last
 from densepred.io import atomic_dir, atomic_write_json
@@ -269,7 +269,8 @@ def _evaluate(run: StageRun, ckpt_path: Path, env: DistEnv) -> dict[str, Any]:
     ) as tracker:
         tracker.set_tags(checkpoint_tags(meta, ckpt_path, ds_name))
         tracker.log_input(tracking.prepared_dataset(ds_name, prepared_root(run.data, ds_name), "evaluation"))
-        return _evaluate_checkpoint(run, model, meta, data, ckpt_path, env, tracker)
+        weights = loaded_identity(ckpt)  # what the evaluation's fingerprint starts from (records.py)
+        return _evaluate_checkpoint(run, model, meta, data, ckpt_path, weights, env, tracker)
 
 
 def checkpoint_tags(meta: dict[str, Any], path: Path, dataset: str) -> dict[str, str]:
@@ -290,6 +291,7 @@ def _evaluate_checkpoint(
     meta: dict[str, Any],
     data: Any,
     ckpt_path: Path,
+    weights: str,
     env: DistEnv,
     tracker: tracking.NullRun,
 ) -> dict[str, Any]:
@@ -330,7 +332,7 @@ def _evaluate_checkpoint(
             "checkpoint": str(ckpt_path),
             # the evaluation's own record (records.py): its fingerprint, with the checkpoint's
             # weights as its init, and the identity that fingerprint hashes
-            "settings_hash": run.fingerprint(init_identity(ckpt_path)),
+            "settings_hash": run.fingerprint(weights),
             "identity": run.identity(),
             "num_images": total,
             "input_size": list(input_size),

@@ -73,7 +73,7 @@ from torch.utils.data import DataLoader
 from densepred import paths, tracking
 from densepred.config import RuntimeCfg
 from densepred.engine import distributed as dist_utils
-from densepred.engine.accumulation import BatchPlan, accumulate_gradients, grouped, plan_batch
+from densepred.engine.accumulation import BatchPlan, accumulate_gradients, grouped
 from densepred.engine.build import (
     build_criterion,
     build_model,
@@ -193,7 +193,7 @@ def resolved_config(run: StageRun, env: DistEnv) -> dict[str, Any]:
         "git_commit": tracking.git_commit(),
         "init": str(run.init) if run.init else None,
         "world_size": env.world_size,
-        "batch_plan": vars(batch_plan(run, env.world_size)),
+        "batch_plan": vars(run.batch_plan(env.world_size)),
         "device": str(env.device),
         "dataset": run.data.model_dump(mode="json"),
         "runtime": run.runtime.model_dump(mode="json"),
@@ -423,7 +423,7 @@ def _train(run: StageRun, meta: dict[str, Any], env: DistEnv) -> Path:
     progress = Progress(
         settings.iterations, 0, f"{run.job}/{run.stage}", every=settings.log_every, enabled=env.is_main
     )
-    plan = batch_plan(run, env.world_size)
+    plan = run.batch_plan(env.world_size)
     check_launch_matches(run, plan, env.world_size)
     progress.write(plan.describe())
     fits = preflight(run, env.device, plan.micro_batch, plan.global_batch)  # before any step
@@ -524,21 +524,13 @@ def _previous_run_id(out: Path, meta: Mapping[str, Any], uri: str) -> str | None
 def check_launch_matches(run: StageRun, plan: BatchPlan, world_size: int) -> None:
     """Refuse a launch whose process count gives other accumulation steps than the runtime settings
     (which the stage's identity and its checkpoints record, stage_run.py): the record would lie."""
-    expected = batch_plan(run, run.runtime.world_size)
+    expected = run.batch_plan()
     if plan.accumulation != expected.accumulation:
         raise ValueError(
             f"{run.job}/{run.stage}: launched with {world_size} process(es), but the runtime settings "
             f"describe {run.runtime.world_size} ({expected.accumulation} accumulation step(s), not "
             f"{plan.accumulation}); set runtime.gpus_per_job / runtime.procs_per_job to match the launch"
         )
-
-
-def batch_plan(run: StageRun, world_size: int) -> BatchPlan:
-    """The stage's split of its global batch over `world_size` processes and accumulation steps."""
-    runtime = run.runtime
-    return plan_batch(
-        run.train_settings.batch_size, world_size, runtime.accumulation_steps, runtime.max_micro_batch
-    )
 
 
 def prepare_model(model: nn.Module, runtime: RuntimeCfg, env: DistEnv) -> nn.Module:
