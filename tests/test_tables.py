@@ -12,7 +12,7 @@ import yaml
 
 from conftest import PAPER
 from densepred.config import Params, validate
-from densepred.paths import eval_path
+from densepred.paths import eval_path, reference_path
 from densepred.tables import table2, write_tables
 
 # Per task: the flat metrics `densepred evaluate` writes (a subset), as functions of a job's number n,
@@ -23,6 +23,25 @@ TASK_METRICS = {
     "normals": lambda n: {"normals/mean": 20.0 + n},
     "edge": lambda n: {"edge/odsf": 70.0 + n},
 }
+
+
+# What the trivial reference (densepred reference) writes: every task, worse than any fake job.
+REFERENCE_METRICS = {
+    "semseg/miou": 2.0,
+    "semseg/miou_all": 1.5,
+    "depth_eigen/rms": 1.1,
+    "depth_mtl/rms": 1.2,
+    "normals/mean": 45.0,
+    "edge/odsf": 0.0,
+    "meta": {"job": "reference", "tasks": ["semseg", "depth", "normals", "edge"]},
+}
+
+
+def write_reference(params: Params) -> None:
+    """The trivial reference's NYUD-v2 evaluation file, which table 2 shows below the jobs."""
+    path = Path(reference_path(params, "nyud"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(REFERENCE_METRICS))
 
 
 def _with_runs(params: Params, runs: Path) -> Params:
@@ -45,6 +64,7 @@ def _write_results(params: Params) -> dict[str, dict[str, float]]:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(metrics))
         written[name] = metrics
+    write_reference(params)
     return written
 
 
@@ -134,3 +154,27 @@ def test_paper_profile_compares_the_papers_miou_with_the_all_classes_mean(tmp_pa
         assert row["miou_pct_diff"] == pytest.approx(
             results[row["job"]]["semseg/miou_all"] - row["miou_pct_paper"], rel=1e-12
         )
+
+
+def test_table2_ends_with_one_reference_row_per_task(smoke):
+    results = _write_results(smoke)
+    frame = table2(smoke)
+    refs = frame[frame["model"] == "reference"]
+    assert list(refs["job"]) == ["reference_semseg", "reference_depth", "reference_normals", "reference_edge"]
+    assert list(refs.index) == list(range(len(frame) - 4, len(frame)))  # below every job
+    semseg = _row(frame, "reference_semseg")
+    assert semseg["miou_pct"] == REFERENCE_METRICS["semseg/miou_all"] and semseg["miou_pct_n"] == 1
+    assert math.isnan(semseg["depth_rms"]) and pd.isna(semseg["depth_rms_n"])  # its own task only
+    assert _row(frame, "reference_depth")["depth_rms"] == REFERENCE_METRICS["depth_eigen/rms"]
+    assert _row(frame, "reference_edge")["edge_odsf_pct"] == 0.0
+    assert all(math.isnan(v) for v in refs["delta_m_pct"])
+    # every fake job beats the reference on its own primary metric
+    assert _row(frame, "stl_depth")["depth_rms"] < _row(frame, "reference_depth")["depth_rms"]
+    assert results["stl_semseg"]["semseg/miou_all"] > semseg["miou_pct"]
+
+
+def test_table2_needs_the_reference(smoke):
+    _write_results(smoke)
+    Path(reference_path(smoke, "nyud")).unlink()
+    with pytest.raises(FileNotFoundError, match="reference"):
+        table2(smoke)

@@ -4,9 +4,11 @@
     densepred prepare  --params P --dataset {nyud,taskonomy} --src DIR --out DIR
     densepred train    --params P --job NAME --stage {pretrain,finetune} [--init CKPT] --out DIR
     densepred evaluate --params P --job NAME --ckpt CKPT --out FILE.json
+    densepred reference --params P --dataset D --out FILE.json   the trivial predictor's scores
     densepred tune     --params P --sweep NAME --out DIR
     densepred tables   --params P --out DIR [--only TABLE] [--html]
     densepred check    --params P              every output agrees with its stage's current settings
+    densepred check-table BUILT COMMITTED      a rebuilt table reproduces a committed one (tolerances)
     densepred compare  --params P --a JOB --b JOB --metric COLUMN [--dataset D] [--alpha A]
     densepred schema   [--out FILE]
     densepred sync-tracking [PATH ...]      upload MLflow records kept while the server was down
@@ -107,6 +109,21 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from densepred.engine.evaluate import evaluate_job
 
     evaluate_job(StageRun.evaluate(_params(args), args.job, Path(args.ckpt), Path(args.out), args.dataset))
+
+
+def cmd_reference(args: argparse.Namespace) -> None:
+    from densepred.reference import evaluate_reference
+
+    evaluate_reference(_params(args), args.dataset, Path(args.out))
+
+
+def cmd_check_table(args: argparse.Namespace) -> None:
+    from densepred.table_check import check_report
+
+    reproduced, report = check_report(Path(args.built), Path(args.committed))
+    print(report)
+    if not reproduced:
+        sys.exit(1)
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
@@ -291,6 +308,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dataset", choices=["nyud", "taskonomy"], help="dataset to evaluate on (default: the job's)"
     )
+
+    p = add(
+        "reference", cmd_reference, "Score the trivial predictor (training-split prior) by the jobs' meters."
+    )
+    _add_common(p)
+    p.add_argument("--dataset", required=True, choices=["nyud", "taskonomy"])
+    p.add_argument("--out", required=True, help="metrics JSON file")
+
+    p = add("check-table", cmd_check_table, "Compare a rebuilt results table with a committed one.")
+    _add_common(p, params=False)
+    p.add_argument("built", help="the table just built, e.g. results/table2.csv after `make table2`")
+    p.add_argument("committed", help="the reference, e.g. `git show HEAD:results/table2.csv > /tmp/t2.csv`")
 
     p = add("tune", cmd_tune, "Run a Ray Tune ablation sweep declared under `sweeps:`.")
     _add_common(p)

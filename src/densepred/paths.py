@@ -140,6 +140,11 @@ def eval_path(params: Params, job: str, dataset: str, seed: int | None = None) -
     return str(run_dir(params, job, seed) / "eval" / f"{dataset}.json")
 
 
+def reference_path(params: Params, dataset: str) -> str:
+    """The trivial reference's evaluation on `dataset` (reference.py), under the runs folder."""
+    return str(Path(params.paths.runs) / "reference" / f"{dataset}.json")
+
+
 def figures_dir(eval_json: str | Path) -> str:
     """The folder of prediction figures written beside an evaluation JSON."""
     return str(Path(eval_json).with_suffix("")) + "_figures"

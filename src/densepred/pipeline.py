@@ -90,6 +90,12 @@ _SOURCES = {
         "src/densepred/metrics",
         "src/densepred/data",
     ],
+    "reference": [
+        "src/densepred/reference.py",
+        "src/densepred/engine/evaluate.py",
+        "src/densepred/metrics",
+        "src/densepred/data",
+    ],
     "tables": [
         "src/densepred/tables.py",
         "src/densepred/ablations.py",
@@ -288,6 +294,34 @@ class _Builder:
                 resources={"mem_mb": self.p.runtime.mem_mb},
             )
 
+    def reference(self) -> None:
+        """The trivial reference of table 2 (reference.py): the training split's prior, scored on
+        the test split by the jobs' own evaluation settings."""
+        from densepred.reference import reference_eval_settings, reference_tasks
+
+        if "nyud" not in self.p.datasets or not reference_tasks(self.p):
+            return
+        settings = reference_eval_settings(self.p, "nyud")
+        out = paths.reference_path(self.p, "nyud")
+        # the tasks and evaluation settings it takes from the jobs it stands beside
+        keys = ["datasets.nyud"]
+        for job in (n for n, j in self.p.jobs.items() if "table2" in j.tables):
+            keys += [f"jobs.{job}.tasks", f"jobs.{job}.evaluate"]
+            preset = _lookup(self.tree, f"jobs.{job}.evaluate.{PRESET_KEY}")
+            if isinstance(preset, str) and f"presets.{preset}" not in keys:
+                keys.append(f"presets.{preset}")
+        self.add(
+            "reference_nyud",
+            "reference",
+            ["reference", "--dataset", "nyud", "--out", out],
+            [str(self.p.datasets["nyud"].prepared)],
+            [out],
+            keys,
+            settings={"tasks": reference_tasks(self.p), "evaluate": settings.model_dump(mode="json")},
+            resources={"mem_mb": self.p.runtime.mem_mb},
+            metrics=(out,),
+        )
+
     # -- one job's chain
     def seed_sets(self, job: str, seed: int) -> tuple[str, ...]:
         """The override that makes a chain's commands run `seed`: `--set seed=<k>` whenever the job
@@ -454,7 +488,7 @@ class _Builder:
             )
 
     def tables(self) -> None:
-        evals = [s.outs[0] for s in self.stages if s.kind == "evaluate"]
+        evals = [s.outs[0] for s in self.stages if s.kind == "evaluate"]  # the reference is not one
         fig8_job = figure8_job(self.p)
         figure8 = []
         if fig8_job:
@@ -471,7 +505,8 @@ class _Builder:
         )
         table = self.table_stage
         t2_outs = [paths.table_path(self.p, "table2"), paths.table_runs_path(self.p, "table2")]
-        table("table2", t2, t2_outs, ["profile", "jobs"])
+        references = [s.outs[0] for s in self.stages if s.kind == "reference"]
+        table("table2", [*t2, *references], t2_outs, ["profile", "jobs"])
         table("table3", t3, [paths.table_path(self.p, "table3")], ["profile", "jobs"])
         if self.p.figure7 is not None:
             outs = [paths.table_path(self.p, n) for n in ("figure7", "figure7_rms")]
@@ -573,6 +608,7 @@ def build_stages(
     tree = with_overrides(read_profile(params_path), overrides)
     b = _Builder(params, profile_files(params_path), tree, tuple(overrides))
     b.data()
+    b.reference()
     b.jobs()
     b.figure7()
     b.sweeps()

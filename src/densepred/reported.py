@@ -2,7 +2,9 @@
 
 Units follow the table columns: mIoU, normals %<t and boundary odsF in percent; depth in metres;
 delta1 as a fraction (PolyMaX Table 2 convention; Table 3's percentages are converted); params in
-millions; GFLOPs as reported. Each entry says which table it comes from.
+millions. A paper's "GFLOPs" are multiply-accumulates as fvcore counts them (MQTransformer's code
+base), so they are compared with our `gmacs` column, not with the 2-FLOPs-per-MAC count
+(`gflops_2_per_mac`). Each entry says which table it comes from.
 
 A paper's mIoU is compared with our `miou_pct`, the mean over all classes (absent ones count 0), as
 the multi-task codebases behind MQTransformer's tables compute it (docs/protocols.md). PolyMaX
@@ -56,7 +58,7 @@ TABLE2_POLYMAX: dict[tuple[str, str], dict[str, float]] = {
 TABLE2_MQTRANSFORMER: dict[tuple[str, str], dict[str, float]] = {
     ("mqtransformer", "swin_large_patch4_window7_224"): {
         "params_m": 204.3,
-        "gflops": 365.25,
+        "gmacs": 365.25,
         "miou_pct": 54.84,
         "depth_rms_mtl": 0.5325,
         "normals_mean": 19.67,
@@ -65,7 +67,7 @@ TABLE2_MQTRANSFORMER: dict[tuple[str, str], dict[str, float]] = {
     },
     ("mqtransformer", "swin_small_patch4_window7_224"): {
         "params_m": 56.67,
-        "gflops": 126.37,
+        "gmacs": 126.37,
         "miou_pct": 49.18,
         "depth_rms_mtl": 0.5785,
         "normals_mean": 20.81,
@@ -74,7 +76,7 @@ TABLE2_MQTRANSFORMER: dict[tuple[str, str], dict[str, float]] = {
     },
     ("mqtransformer", "swin_tiny_patch4_window7_224"): {
         "params_m": 35.35,
-        "gflops": 106.02,
+        "gmacs": 106.02,
         "miou_pct": 43.61,
         "depth_rms_mtl": 0.5979,
         "normals_mean": 20.05,

@@ -39,7 +39,14 @@ import pandas as pd
 from densepred.config import JobCfg, Params
 from densepred.io import atomic_path
 from densepred.metrics import multitask_delta_m
-from densepred.paths import eval_path, figure7_eval_path, figures_dir, table_page, table_runs_path
+from densepred.paths import (
+    eval_path,
+    figure7_eval_path,
+    figures_dir,
+    reference_path,
+    table_page,
+    table_runs_path,
+)
 from densepred.pipeline import figure8_job
 from densepred.reported import reported_table2, reported_table3
 from densepred.seeds import aggregate, spread, spread_columns, t_interval, welch
@@ -62,8 +69,11 @@ METRIC_COLUMNS: list[tuple[str, str, bool]] = [
     ("edge_odsf_pct", "edge/odsf", True),
 ]
 META_COLUMNS = ["model", "backbone", "pretraining", "tasks", "profile", "dataset", "job"]
-TAIL_COLUMNS = ["delta_m_pct", "params_m", "gflops"]
-COST_COLUMNS = ["params_m", "gflops"]  # the same for every seed of a job
+# Cost of one eval-mode forward at the evaluation input size (the same for every seed of a job):
+# `gmacs`, billions of multiply-accumulates, is what the papers call "GFLOPs" (fvcore's count) and is
+# compared with them; `gflops_2_per_mac` is torch's FLOP counter, which counts a MAC as 2 FLOPs.
+COST_COLUMNS = ["params_m", "gmacs", "gflops_2_per_mac"]
+TAIL_COLUMNS = ["delta_m_pct", *COST_COLUMNS]
 DELTA_M_CI = ["delta_m_pct_ci95_low", "delta_m_pct_ci95_high"]
 
 
@@ -102,8 +112,63 @@ def metric_row(params: Params, name: str, result: dict[str, Any], dataset: str) 
     for column, key, _ in METRIC_COLUMNS:
         row[column] = result.get(key, math.nan)
     row["params_m"] = meta.get("params_m", math.nan)
-    row["gflops"] = meta.get("gflops", math.nan)
+    flops = meta.get("gflops", math.nan)  # evaluate.count_cost: torch's counter, 2 FLOPs per MAC
+    row["gmacs"] = meta.get("gmacs", flops / 2)
+    row["gflops_2_per_mac"] = flops
     return row
+
+
+# metrics-JSON key prefix of each task's metrics
+_TASK_PREFIXES = {
+    "semseg": ("semseg/",),
+    "depth": ("depth_eigen/", "depth_mtl/"),
+    "normals": ("normals/",),
+    "edge": ("edge/",),
+}
+REFERENCE_MODEL = "reference"  # the `model` of table 2's trivial reference rows
+
+
+def reference_rows(params: Params, dataset: str = "nyud") -> pd.DataFrame:
+    """Table 2's reference rows: one per task, the trivial predictor fitted to the training split
+    (reference.py), scored by the same meters as the jobs. Job `reference_<task>`, model
+    `reference`, pretraining `none (training-split prior)`; no seeds, Delta_m or cost."""
+    path = Path(reference_path(params, dataset))
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"trivial reference not found: {path} (run the pipeline's reference_{dataset} stage, or "
+            f"`densepred reference --dataset {dataset} --out {path}`)"
+        )
+    result = read_metrics(path)
+    rows = []
+    for task in result.get("meta", {}).get("tasks", []):
+        row: dict[str, Any] = {
+            "model": REFERENCE_MODEL,
+            "backbone": "none",
+            "pretraining": "none (training-split prior)",
+            "tasks": task,
+            "profile": params.profile,
+            "dataset": dataset,
+            "job": f"reference_{task}",
+            "seeds": "",
+        }
+        for column, key, _ in METRIC_COLUMNS:
+            own = key.startswith(_TASK_PREFIXES[task])
+            row[column] = result.get(key, math.nan) if own else math.nan
+            row[f"{column}_std"], row[f"{column}_n"] = math.nan, (1 if own else pd.NA)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _append_rows(frame: pd.DataFrame, extra: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with the rows of `extra` below it, in `frame`'s columns and dtypes (counts stay
+    integers, missing cells empty)."""
+    if extra.empty:
+        return frame
+    extra = extra.reindex(columns=frame.columns)
+    for column, dtype in frame.dtypes.items():
+        if str(dtype) == "Int64":
+            extra[column] = extra[column].astype("Int64")
+    return pd.concat([frame, extra], ignore_index=True)
 
 
 def _with_reported(frame: pd.DataFrame, reported: Any) -> pd.DataFrame:
@@ -211,6 +276,7 @@ def table2(params: Params, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     for i, column in enumerate(DELTA_M_CI):
         frame.insert(position + i, column, [by_job[j][i] for j in frame["job"]])
     frame = _sorted(frame, ["model", "tasks", "job"])
+    frame = _append_rows(frame, reference_rows(params))  # last, below the models they put in perspective
     return _with_reported(frame, reported_table2) if params.compares_to_papers else frame
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -25,6 +26,21 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def set_deterministic(mode: bool, warn_only: bool, compiled: bool) -> None:
+    """Switch torch's deterministic algorithms on or off.
+
+    `torch.use_deterministic_algorithms` also sets the deterministic flag of TorchInductor's config,
+    and importing that config imports Dynamo and Inductor: about 1.8 s of CPU in every process, more
+    than a smoke evaluation's own work. That flag matters only to compiled code, so without
+    `runtime.compile` (and while Inductor is not loaded anyway) the switch itself is set, which is
+    all the eager kernels read.
+    """
+    if compiled or "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+    else:
+        torch._C._set_deterministic_algorithms(mode, warn_only=warn_only)
 
 
 @contextlib.contextmanager
@@ -45,7 +61,7 @@ def job_settings(runtime: RuntimeCfg, device: torch.device, seed: int) -> Iterat
     if runtime.deterministic:
         if device.type == "cuda":
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        set_deterministic(True, warn_only=True, compiled=runtime.compile)
         torch.backends.cudnn.benchmark = False
     seed_everything(seed)
     try:
@@ -53,7 +69,7 @@ def job_settings(runtime: RuntimeCfg, device: torch.device, seed: int) -> Iterat
     finally:
         threads, deterministic, warn_only, benchmark, rng = saved
         torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        set_deterministic(deterministic, warn_only=warn_only, compiled=runtime.compile)
         torch.backends.cudnn.benchmark = benchmark
         restore_rng(rng)
 

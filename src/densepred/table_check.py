@@ -1,0 +1,124 @@
+"""Does a rebuilt results table reproduce a committed one? Cell by cell, within stated tolerances.
+
+CPU kernels are chosen by instruction set and vendor (oneDNN, MKL, ATen's vectorised loops), so a
+run on another x86-64 machine rounds differently and its weights drift apart over training; each
+machine reproduces itself bitwise (README, "Reproducibility"). The default table is therefore
+compared with the committed one within tolerances on its primary metrics:
+
+    depth_rms, normals_mean      within 1 % of the committed value (relative)
+    miou_pct, edge_odsf_pct      within 0.3 points (absolute, percent)
+    delta_m_pct                  within 1 point (absolute, percent)
+
+Every other column must be equal as text: the rows (model, job, tasks, seeds), the cost columns and,
+for metric columns outside the list, nothing (they follow the primary ones and are not checked).
+`densepred check-table BUILT COMMITTED` prints the cells that differ beyond tolerance and exits 1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far a cell may move: `relative` (a fraction of the committed value) or `absolute`."""
+
+    relative: float = 0.0
+    absolute: float = 0.0
+
+    def allows(self, built: float, committed: float) -> bool:
+        if math.isnan(built) or math.isnan(committed):
+            return math.isnan(built) and math.isnan(committed)
+        limit = max(self.relative * abs(committed), self.absolute)
+        return abs(built - committed) <= limit + 1e-9
+
+    def __str__(self) -> str:
+        return f"{self.relative:.0%} relative" if self.relative else f"{self.absolute:g} absolute"
+
+
+# The primary metric of each task and Delta_m (issue-level targets, README "Reproducibility").
+TOLERANCES: dict[str, Tolerance] = {
+    "depth_rms": Tolerance(relative=0.01),
+    "normals_mean": Tolerance(relative=0.01),
+    "miou_pct": Tolerance(absolute=0.3),
+    "edge_odsf_pct": Tolerance(absolute=0.3),
+    "delta_m_pct": Tolerance(absolute=1.0),
+}
+# Describe a row (job and seed identify it); equal as text.
+KEY_COLUMNS = ("model", "backbone", "pretraining", "tasks", "profile", "dataset", "job", "seeds", "seed")
+# Deterministic functions of the architecture; equal as text.
+EXACT_COLUMNS = ("params_m", "gmacs", "gflops_2_per_mac")
+
+
+@dataclass(frozen=True)
+class CellDiff:
+    row: str
+    column: str
+    built: str
+    committed: str
+    allowed: str
+
+    def __str__(self) -> str:
+        return f"{self.row}: {self.column} {self.committed} -> {self.built} (allowed: {self.allowed})"
+
+
+def _read(path: Path) -> pd.DataFrame:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"table not found: {path}")
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def _row_key(row: pd.Series, keys: list[str]) -> str:
+    return " seed ".join(row[k] for k in keys if row[k] != "")
+
+
+def _number(text: str) -> float:
+    return float(text) if text != "" else math.nan
+
+
+def table_differences(built: Path, committed: Path) -> tuple[list[CellDiff], int]:
+    """The cells of table `built` that differ from `committed` beyond tolerance, and the number of
+    cells that differ at all (0: bitwise equal as text). Rows are matched by their key columns;
+    a row or column present in one table only is a difference."""
+    new, old = _read(built), _read(committed)
+    diffs: list[CellDiff] = []
+    if list(new.columns) != list(old.columns):
+        missing = [c for c in old.columns if c not in new.columns]
+        extra = [c for c in new.columns if c not in old.columns]
+        diffs.append(CellDiff("header", "columns", f"+{extra}", f"-{missing}", "the same columns"))
+        return diffs, len(diffs)
+    keys = [k for k in ("job", "seed") if k in new.columns]
+    new_rows = {_row_key(r, keys): r for _, r in new.iterrows()}
+    old_rows = {_row_key(r, keys): r for _, r in old.iterrows()}
+    for key in sorted(set(new_rows) ^ set(old_rows)):
+        where = "built only" if key in new_rows else "committed only"
+        diffs.append(CellDiff(key, "row", where, "", "the same rows"))
+    changed = len(diffs)
+    for key in [k for k in old_rows if k in new_rows]:
+        a, b = new_rows[key], old_rows[key]
+        for column in new.columns:
+            if a[column] == b[column]:
+                continue
+            changed += 1
+            if column in TOLERANCES:
+                tol = TOLERANCES[column]
+                if not tol.allows(_number(a[column]), _number(b[column])):
+                    diffs.append(CellDiff(key, column, a[column], b[column], str(tol)))
+            elif column in KEY_COLUMNS or column in EXACT_COLUMNS:
+                diffs.append(CellDiff(key, column, a[column], b[column], "equal"))
+    return diffs, changed
+
+
+def check_report(built: Path, committed: Path) -> tuple[bool, str]:
+    """(reproduced?, a report in words) for `densepred check-table` and the end-to-end test."""
+    diffs, changed = table_differences(built, committed)
+    if not diffs:
+        verdict = "bitwise equal" if changed == 0 else f"{changed} cells moved, all within tolerance"
+        return True, f"{built} reproduces {committed}: {verdict}"
+    lines = [f"{built} does not reproduce {committed}: {len(diffs)} cells beyond tolerance ({changed} moved)"]
+    lines += [f"  {d}" for d in diffs]
+    return False, "\n".join(lines)
