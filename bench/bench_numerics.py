@@ -53,6 +53,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
 
+from densepred.launch import PORTABLE_CPU_ENV  # noqa: E402
+
 # name -> (environment, oneDNN enabled inside the child)
 PIN_SETS: dict[str, tuple[dict[str, str], bool]] = {
     "none": ({}, True),
@@ -67,10 +69,7 @@ PIN_SETS: dict[str, tuple[dict[str, str], bool]] = {
     ),
     "default_compat_off": ({"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"}, False),
     "avx2_all": ({"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}, True),
-    "avx2_compat_sse41": (
-        {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "SSE41"},
-        True,
-    ),
+    "avx2_compat_sse41": (dict(PORTABLE_CPU_ENV), True),  # runtime.cpu_kernels: portable
     "avx2_compat_off": ({"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE"}, False),
 }
 # Variables the parent's environment must not leak into a child (the pin set decides them).

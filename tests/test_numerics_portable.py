@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PINS = "avx2_compat_sse41"  # ATEN_CPU_CAPABILITY=avx2, MKL_CBWR=COMPATIBLE, ONEDNN_MAX_CPU_ISA=SSE41
+PINS = "avx2_compat_sse41"  # launch.PORTABLE_CPU_ENV, what `runtime.cpu_kernels: portable` sets
 
 pytestmark = [
     pytest.mark.slow,

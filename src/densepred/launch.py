@@ -37,6 +37,12 @@ from typing import Any
 
 from densepred.config import RuntimeCfg
 
+# `runtime.cpu_kernels: portable`: every CPU kernel family pinned to one code path, so that CPUs of
+# either vendor, with or without AVX-512, compute the same bits (bench/bench_numerics.py measured it
+# on this machine and on emulated Intel Haswell and AMD EPYC-Rome; README, "Reproducibility"):
+# ATen's vectorised loops at AVX2, MKL's GEMM in its vendor-neutral COMPATIBLE mode, oneDNN's
+# convolutions at SSE4.1. Environment variables, because each library reads its own at start-up.
+PORTABLE_CPU_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "SSE41"}
 RDZV_PORT_BASE = 29400  # the rendezvous port: base + (job id mod 1000), so jobs sharing a node differ
 
 
@@ -52,6 +58,14 @@ def train_argv(runtime: RuntimeCfg, argv: Sequence[str]) -> tuple[str, ...]:
     srun = ("srun", "--nodes", str(nodes), "--ntasks-per-node", "1", "--kill-on-bad-exit=1")
     node = ("python", "-m", "densepred.launch", "--nnodes", str(nodes), "--nproc-per-node", str(nproc))
     return (*srun, *node, "--", *argv[1:])
+
+
+def with_kernel_env(runtime: RuntimeCfg, argv: Sequence[str]) -> tuple[str, ...]:
+    """`argv` started under `env` with the portable kernel pins when `runtime.cpu_kernels` asks for
+    them (training, evaluation and sweep stages); unchanged otherwise."""
+    if runtime.cpu_kernels != "portable":
+        return tuple(argv)
+    return ("env", *(f"{k}={v}" for k, v in sorted(PORTABLE_CPU_ENV.items())), *argv)
 
 
 def train_resources(runtime: RuntimeCfg) -> tuple[int, dict[str, Any]]:

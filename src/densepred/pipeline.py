@@ -47,11 +47,13 @@ from densepred.config import (
     with_overrides,
 )
 from densepred.launch import train_argv as launch_argv
-from densepred.launch import train_resources
+from densepred.launch import train_resources, with_kernel_env
 from densepred.stage_run import StageRun
 from densepred.sweeps import expand_trials
 
 TABLES = ("table2", "table3", "figure7", "ablations")
+# The kinds of stage whose numbers depend on the CPU kernels (`runtime.cpu_kernels`, launch.py).
+_KERNEL_KINDS = ("train", "evaluate", "tune", "reference")
 # The kinds of stage whose outputs record the settings they were made with (records.py).
 RECORDED_KINDS = ("train", "evaluate", "tables")
 
@@ -229,7 +231,9 @@ class _Builder:
         stage = Stage(
             name=name,
             kind=kind,
-            argv=launch_argv(launch, argv) if launch is not None else argv,
+            argv=with_kernel_env(self.p.runtime, launch_argv(launch, argv) if launch is not None else argv)
+            if kind in _KERNEL_KINDS
+            else argv,
             overrides=overrides,
             deps=tuple(deps),
             outs=tuple(outs),

@@ -24,7 +24,7 @@ from densepred.records import fingerprint
 TRAIN_STAGES = ("pretrain", "finetune")
 EVALUATE = "evaluate"
 # Runtime settings that can change a result's numbers (the others only place or size the job).
-NUMERICS_KEYS = ("device", "amp", "channels_last", "compile", "deterministic")
+NUMERICS_KEYS = ("device", "amp", "channels_last", "compile", "deterministic", "cpu_kernels")
 
 
 @dataclass(frozen=True)
