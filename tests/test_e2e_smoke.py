@@ -25,7 +25,7 @@ import yaml
 
 from conftest import ROOT
 from densepred.config import load_params
-from densepred.table_check import check_report
+from densepred.table_check import REFERENCE_MARGINS, check_report, margin_failures
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -204,31 +204,18 @@ def test_reference_rows_are_the_trivial_predictors(table2, floors):
     assert _row(table2, "reference_edge")["edge_odsf_pct"] == 0.0
 
 
-# How far every model's primary metric must beat the trivial reference of its task (table units).
-# Every model clears these on each of seeds 0, 1 and 2, its mean by at least 8 standard deviations
-# (bench/bench_learning.py; README "Current smoke results"); the ablation sweeps' trials clear them
-# too (results/ablation_*.csv).
-MARGINS = {"miou_pct": 1.0, "depth_rms": 0.05, "normals_mean": 10.0, "edge_odsf_pct": 20.0}
-PRIMARY = {"semseg": "miou_pct", "depth": "depth_rms", "normals": "normals_mean", "edge": "edge_odsf_pct"}
-LOWER_IS_BETTER = {"depth_rms", "normals_mean"}
-
-
 def test_every_model_beats_the_trivial_reference_by_the_margin(table2):
-    failures = []
-    for _, row in table2[table2["model"] != "reference"].iterrows():
-        for task in row["tasks"].split("+"):
-            column = PRIMARY[task]
-            reference = _row(table2, f"reference_{task}")[column]
-            gain = reference - row[column] if column in LOWER_IS_BETTER else row[column] - reference
-            if not gain >= MARGINS[column]:
-                failures.append(f"{row['job']}: {column} {row[column]:.4f}, reference {reference:.4f}")
-    assert not failures, f"margins {MARGINS}: " + "; ".join(failures)
+    references = table2[table2["model"] == "reference"]
+    failures = margin_failures(table2[table2["model"] != "reference"], references)
+    assert not failures, f"margins {REFERENCE_MARGINS}: " + "; ".join(failures)
 
 
 @pytest.mark.parametrize("name", ["table2.csv", "table2_runs.csv"])
 def test_the_committed_table_is_reproduced(table2, workdir, name):
-    """The table built here against the committed one: bitwise on a machine like the one that built
-    it, within table_check's tolerances on another x86-64 machine (README, "Reproducibility")."""
+    """The table built here against the committed one, within table_check's tolerances: bitwise on
+    a machine like the one that built it. On another CPU model the run diverges like another seed, so
+    odsF, normals or Delta_m cells may move beyond tolerance; the failure then lists them (README,
+    "Reproducibility")."""
     reproduced, report = check_report(workdir / "results" / name, ROOT / "results" / name)
     print(report)
     assert reproduced, report

@@ -122,3 +122,35 @@ def check_report(built: Path, committed: Path) -> tuple[bool, str]:
     lines = [f"{built} does not reproduce {committed}: {len(diffs)} cells beyond tolerance ({changed} moved)"]
     lines += [f"  {d}" for d in diffs]
     return False, "\n".join(lines)
+
+
+# How far a model's primary metric must beat the trivial reference of its task (table 2's reference
+# rows, reference.py), in table units. Every smoke model clears these on each of seeds 0, 1 and 2,
+# its mean by at least 8 standard deviations (README "Current smoke results"; bench/bench_learning.py),
+# and so do the smoke sweeps' trials (results/ablation_*.csv).
+REFERENCE_MARGINS = {"miou_pct": 1.0, "depth_rms": 0.05, "normals_mean": 10.0, "edge_odsf_pct": 20.0}
+PRIMARY_COLUMN = {
+    "semseg": "miou_pct",
+    "depth": "depth_rms",
+    "normals": "normals_mean",
+    "edge": "edge_odsf_pct",
+}
+LOWER_IS_BETTER = {"depth_rms", "normals_mean"}
+
+
+def margin_failures(rows: pd.DataFrame, references: pd.DataFrame, label: str = "job") -> list[str]:
+    """Rows of `rows` (table 2's model rows, or an ablation table's trials) whose primary metric of
+    some task does not beat that task's reference row (`references`: table 2's rows of model
+    `reference`) by `REFERENCE_MARGINS`; one line each. A task is a row's when its column has a value."""
+    by_task = {r["tasks"]: r for _, r in references.iterrows()}
+    failures = []
+    for _, row in rows.iterrows():
+        for task, column in PRIMARY_COLUMN.items():
+            value = float(row[column]) if column in row and str(row[column]) not in ("", "nan") else math.nan
+            if math.isnan(value):
+                continue
+            reference = float(by_task[task][column])
+            gain = reference - value if column in LOWER_IS_BETTER else value - reference
+            if not gain >= REFERENCE_MARGINS[column]:
+                failures.append(f"{row[label]}: {column} {value:.4f}, reference {reference:.4f}")
+    return failures
