@@ -3,7 +3,7 @@
 For every job that feeds table 2 (or `--jobs`), and every seed of `--seeds`, runs the job's chain
 (pretrain -> finetune -> evaluate on NYUD-v2) exactly as the pipeline does (`StageRun`, `train_job`,
 `evaluate_job`, with `--set seed=<k>`), in worker processes of one thread each, and scores the
-trivial reference (reference.py) on the same split. It prints, per job and task, the primary metric
+trivial reference (engine/reference.py) on the same split. It prints, per job and task, the primary metric
 (mIoU over all classes, depth RMS, normals mean angle, odsF) as mean and sample std over the seeds,
 the reference's value, and the margin in standard deviations; then Delta_m's mean and 95 % t-interval
 for the multi-task jobs (paired by seed with the single-task references, as table 2 does); then the
@@ -84,18 +84,14 @@ def run_chain(profile: str, sets: list[str], work: Path, job: str, seed: int) ->
 
 
 def reference(profile: str, sets: list[str], work: Path) -> dict[str, Any]:
-    from densepred.reference import evaluate_reference
+    from densepred.engine.reference import evaluate_reference
 
     return evaluate_reference(_params(profile, sets, work), "nyud", work / "reference.json")
 
 
-def _spread(values: list[float]) -> tuple[float, float]:
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else math.nan
-    return mean, std
-
-
 def margin_table(runs: list[dict[str, Any]], ref: dict[str, Any], jobs: dict[str, list[str]]) -> list[str]:
+    from densepred.seeds import spread
+
     lines = [
         f"{'job':<18}{'task':<9}{'metric':<17}{'mean':>9}{'std':>8}{'reference':>11}{'margin (std)':>14}"
     ]
@@ -103,7 +99,8 @@ def margin_table(runs: list[dict[str, Any]], ref: dict[str, Any], jobs: dict[str
         for task in tasks:
             key, higher = PRIMARY[task]
             values = [r["metrics"][key] for r in runs if r["job"] == job]
-            mean, std = _spread(values)
+            s = spread(values)
+            mean, std = s.mean, s.std
             gain = (mean - ref[key]) if higher else (ref[key] - mean)
             margin = gain / std if std and std > 0 else math.inf
             lines.append(

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import ROOT
 from densepred.config import load_params
 from densepred.engine.checkpoint import CHECKPOINT_FORMAT, META_KEYS, init_identity, save_checkpoint
 from densepred.pipeline import build_stages
@@ -42,10 +43,16 @@ def test_checkpoint_meta_is_read_without_its_tensors(tmp_path):
 
 
 def test_checkpoint_meta_does_not_import_torch():
-    code = "import sys, densepred.records, densepred.pipeline; print('torch' in sys.modules)"
+    """Nor does building the stages, which every Snakefile parse does."""
+    code = (
+        "import sys, densepred.records, densepred.pipeline\n"
+        "from densepred.config import load_params\n"
+        "densepred.pipeline.build_stages(load_params('params/smoke.yaml'), 'params/smoke.yaml')\n"
+        "print('torch' in sys.modules)"
+    )
     import subprocess
 
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "False"
 
 

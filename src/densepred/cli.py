@@ -112,7 +112,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_reference(args: argparse.Namespace) -> None:
-    from densepred.reference import evaluate_reference
+    from densepred.engine.reference import evaluate_reference
 
     evaluate_reference(_params(args), args.dataset, Path(args.out))
 

@@ -141,7 +141,7 @@ def eval_path(params: Params, job: str, dataset: str, seed: int | None = None) -
 
 
 def reference_path(params: Params, dataset: str) -> str:
-    """The trivial reference's evaluation on `dataset` (reference.py), under the runs folder."""
+    """The trivial reference's evaluation on `dataset` (engine/reference.py), under the runs folder."""
     return str(Path(params.paths.runs) / "reference" / f"{dataset}.json")
 
 

@@ -48,6 +48,7 @@ from densepred.config import (
 )
 from densepred.launch import train_argv as launch_argv
 from densepred.launch import train_resources, with_kernel_env
+from densepred.reference import reference_eval_settings, reference_tasks
 from densepred.stage_run import StageRun
 from densepred.sweeps import expand_trials
 
@@ -94,6 +95,7 @@ _SOURCES = {
     ],
     "reference": [
         "src/densepred/reference.py",
+        "src/densepred/engine/reference.py",
         "src/densepred/engine/evaluate.py",
         "src/densepred/metrics",
         "src/densepred/data",
@@ -231,9 +233,7 @@ class _Builder:
         stage = Stage(
             name=name,
             kind=kind,
-            argv=with_kernel_env(self.p.runtime, launch_argv(launch, argv) if launch is not None else argv)
-            if kind in _KERNEL_KINDS
-            else argv,
+            argv=self.command(kind, argv, launch),
             overrides=overrides,
             deps=tuple(deps),
             outs=tuple(outs),
@@ -245,6 +245,13 @@ class _Builder:
         )
         self.stages.append(stage)
         return stage
+
+    def command(self, kind: str, argv: tuple[str, ...], launch: RuntimeCfg | None) -> tuple[str, ...]:
+        """The stage's command line: started with its process count (training, launch.py) and, for
+        the kinds whose numbers depend on them, under the profile's CPU kernel pins."""
+        if launch is not None:
+            argv = launch_argv(launch, argv)
+        return with_kernel_env(self.p.runtime, argv) if kind in _KERNEL_KINDS else argv
 
     def job_keys(self, job: str, stage: str) -> list[str]:
         """The file keys a job's stage is resolved from: its model, tasks and stage settings, the
@@ -301,8 +308,6 @@ class _Builder:
     def reference(self) -> None:
         """The trivial reference of table 2 (reference.py): the training split's prior, scored on
         the test split by the jobs' own evaluation settings."""
-        from densepred.reference import reference_eval_settings, reference_tasks
-
         if "nyud" not in self.p.datasets or not reference_tasks(self.p):
             return
         settings = reference_eval_settings(self.p, "nyud")

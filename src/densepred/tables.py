@@ -39,6 +39,7 @@ import pandas as pd
 from densepred.config import JobCfg, Params
 from densepred.io import atomic_path
 from densepred.metrics import multitask_delta_m
+from densepred.metrics.suite import METER_TASKS
 from densepred.paths import (
     eval_path,
     figure7_eval_path,
@@ -118,19 +119,12 @@ def metric_row(params: Params, name: str, result: dict[str, Any], dataset: str) 
     return row
 
 
-# metrics-JSON key prefix of each task's metrics
-_TASK_PREFIXES = {
-    "semseg": ("semseg/",),
-    "depth": ("depth_eigen/", "depth_mtl/"),
-    "normals": ("normals/",),
-    "edge": ("edge/",),
-}
 REFERENCE_MODEL = "reference"  # the `model` of table 2's trivial reference rows
 
 
 def reference_rows(params: Params, dataset: str = "nyud") -> pd.DataFrame:
     """Table 2's reference rows: one per task, the trivial predictor fitted to the training split
-    (reference.py), scored by the same meters as the jobs. Job `reference_<task>`, model
+    (engine/reference.py), scored by the same meters as the jobs. Job `reference_<task>`, model
     `reference`, pretraining `none (training-split prior)`; no seeds, Delta_m or cost."""
     path = Path(reference_path(params, dataset))
     if not path.is_file():
@@ -152,7 +146,7 @@ def reference_rows(params: Params, dataset: str = "nyud") -> pd.DataFrame:
             "seeds": "",
         }
         for column, key, _ in METRIC_COLUMNS:
-            own = key.startswith(_TASK_PREFIXES[task])
+            own = METER_TASKS[key.split("/")[0]] == task  # the meter that wrote the key reads `task`
             row[column] = result.get(key, math.nan) if own else math.nan
             row[f"{column}_std"], row[f"{column}_n"] = math.nan, (1 if own else pd.NA)
         rows.append(row)
