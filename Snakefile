@@ -8,8 +8,4 @@
 # The stages are defined once, in src/densepred/pipeline.py; dvc.yaml is generated from the same list.
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/data.smk"
-include: "workflow/rules/train.smk"
-include: "workflow/rules/evaluate.smk"
-include: "workflow/rules/tune.smk"
-include: "workflow/rules/tables.smk"
+include: "workflow/rules/stages.smk"

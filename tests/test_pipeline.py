@@ -192,3 +192,39 @@ def test_snakemake_refuses_a_profile_with_a_repeated_key(tmp_path):
     )
     assert result.returncode != 0
     assert "key 'seed' is given twice, at lines" in result.stderr and "twice.yaml" in result.stderr
+
+
+def test_stages_carry_their_job_seed_dataset_fraction_and_tables():
+    """Consumers read a stage's fields; these agree with what its command runs and where it writes."""
+    params = load_params(SMOKE, ["seeds=[0, 1]"])
+    stages = build_stages(params, "params/smoke.yaml", ["seeds=[0, 1]"])
+    chains = [s for s in stages if s.kind in ("train", "evaluate")]
+    assert chains
+    for st in chains:
+        assert st.argv[st.argv.index("--job") + 1] == st.job
+        assert f"seed={st.seed}" in st.overrides and f"seed{st.seed}" in st.outs[0]
+        assert (st.figure7_fraction is not None) == ("/figure7/" in st.outs[0])
+        if st.kind == "train":
+            assert st.dataset == getattr(params.jobs[st.job], st.train_stage).dataset
+        else:
+            assert st.outs[0].endswith(f"/{st.dataset}.json")
+    fractions = {s.figure7_fraction for s in chains if s.figure7_fraction is not None}
+    assert fractions == {f for f in params.figure7.fractions if f < 1.0}
+    # every table stage reads exactly the outputs of the stages that feed it
+    for table in (s for s in stages if s.kind == "tables"):
+        fed = {s.outs[0] for s in stages if table.table in s.feeds}
+        assert fed and fed <= set(table.deps), table.name
+    assert {s.table for s in stages if s.kind == "tables"} == {"table2", "table3", "figure7", "ablations"}
+
+
+def test_one_rule_loop_starts_each_kind_as_before():
+    """workflow/rules/stages.smk runs every stage by its `shell`: torch threads for training and
+    evaluation, the sweep's CPUs for Ray, nothing for data and tables (which run locally)."""
+    stages = {s.kind: s for s in build_stages(load_params(SMOKE), "params/smoke.yaml")}
+    assert stages["train"].shell == "OMP_NUM_THREADS={threads} {params.command} > {log} 2>&1"
+    assert stages["evaluate"].shell == stages["reference"].shell == stages["train"].shell
+    assert stages["tune"].shell.startswith("DENSEPRED_RAY_CPUS={threads} {params.command}")
+    assert stages["prepare"].shell == stages["tables"].shell == "{params.command} > {log} 2>&1"
+    assert stages["tables"].local and not stages["train"].local
+    out = _dry_run("--forceall", "-p", "results/table2.csv")
+    assert "OMP_NUM_THREADS=1 densepred train --params params/smoke.yaml" in out

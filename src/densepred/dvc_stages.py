@@ -20,7 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from densepred.pipeline import PRIORITY, Stage
+from densepred.stage import PRIORITY, Stage
 
 KEY = "${key}"
 PRESET = "${item.preset}"
@@ -126,16 +126,16 @@ def dvc_yaml(stages: list[Stage], params_path: str | Path) -> dict[str, Any]:
     """The dvc.yaml document for `stages` (see the module docstring)."""
     doc: dict[str, Any] = {"stages": _layout(stages, str(params_path))[0]}
     doc["plots"] = _loss_plots(stages)
-    figure7 = next((s for s in stages if s.name == "figure7"), None)
-    if figure7 is not None:
-        csv = str(Path(figure7.outs[0]).with_name("figure7_rms.csv"))
+    figure7 = next((s for s in stages if s.table == "figure7"), None)
+    if figure7 is not None and figure7.plots:
+        csv, x, _ = figure7.plots[0]
         doc["plots"].append(
             {
                 "figure7": {
                     "title": "Fig. 7: NYUD-v2 depth RMS (m) against the share of Taskonomy pretraining",
                     "template": "linear",
-                    "x": "taskonomy_fraction",
-                    "y": {csv: _figure7_lines(stages)},
+                    "x": x,
+                    "y": {csv: [y for _, _, y in figure7.plots]},
                 }
             }
         )
@@ -149,19 +149,8 @@ def _loss_plots(stages: list[Stage]) -> list[dict[str, Any]]:
     for kind in PRIORITY:
         logs: dict[str, str] = {}
         for st in stages:
-            if st.name.startswith(f"{kind}_"):
-                logs.update({f: y for f, _, y in st.plots if "/figure7/" not in f})
+            if st.train_stage == kind and st.figure7_fraction is None:
+                logs.update({f: y for f, _, y in st.plots})
         if logs:
             plots.append({f"{kind}_loss": {"title": f"{kind} loss", "x": "step", "y": logs}})
     return plots
-
-
-def _figure7_lines(stages: list[Stage]) -> list[str]:
-    """The jobs of Fig. 7 (one line each): the jobs with a `<job>_frac...` chain."""
-    jobs = []
-    for st in stages:
-        if st.kind == "evaluate" and "_frac" in st.name:
-            job = stage_job(st)
-            if job is not None and job not in jobs:
-                jobs.append(job)
-    return jobs

@@ -32,7 +32,8 @@ from typing import Any
 from densepred.config import Params, ParamsFiles, load_params
 from densepred.engine.accumulation import plan_batch
 from densepred.engine.memory import GB, trace_cost
-from densepred.pipeline import Stage, build_stages, upstream
+from densepred.pipeline import build_stages
+from densepred.stage import Stage, upstream
 from densepred.stage_run import TRAIN_STAGES
 from densepred.sweeps import expand_trials, trial_params
 

@@ -9,7 +9,8 @@ from snakemake.utils import validate
 
 from densepred.config import ParamsError, load_params, read_profile
 from densepred.dvc_stages import dvc_names
-from densepred.pipeline import RECORDED_KINDS, Command, build_stages, config_overrides, upstream
+from densepred.pipeline import build_stages, config_overrides
+from densepred.stage import RECORDED_KINDS, Command, upstream
 from densepred.records import stale_stages
 from densepred.snakemake_hooks import rerun_stale
 
