@@ -1,7 +1,7 @@
 """Ray Tune overhead of a sweep: Ray start and stop, and a whole sweep of trials that do nothing.
 
-Setting: a local Ray instance started the way `densepred.tune.ray_session` starts it (`--cpus`
-CPUs, no dashboard, small object store), and a sweep of `--trials` settings of the smoke
+Setting: a local Ray instance started the way `densepred.ray_cluster.ray_session` starts it
+(`--cpus` CPUs, no dashboard, small object store), and a sweep of `--trials` settings of the smoke
 `polymax_depth` job whose trial function returns at once, 1 CPU per trial, MLflow off. The sweep
 figure is therefore what Ray Tune adds to the trials' own work (actor start per trial, scheduling,
 experiment state, result files). Figures are medians over `--runs` runs.
@@ -24,7 +24,8 @@ from pathlib import Path
 import yaml
 
 from densepred.config import validate
-from densepred.tune import ray_session, run_sweep
+from densepred.ray_cluster import ray_session
+from densepred.tune import run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from conftest import PAPER, write_params
-from densepred import tune
+from densepred import ray_cluster, tune
 from densepred.ablations import ablation_table, write_ablation_tables
 from densepred.cli import main
 from densepred.config import ParamsError, SweepCfg, validate
@@ -163,15 +163,15 @@ def test_outputs_of_a_changed_sweep_definition_are_set_aside(tmp_path, capsys):
 
 
 def test_ray_cpus_and_storage_resolution(tmp_path, monkeypatch):
-    monkeypatch.delenv(tune.ENV_CPUS, raising=False)
-    assert tune._ray_cpus(3) == 3
-    monkeypatch.setenv(tune.ENV_CPUS, "5")
-    assert tune._ray_cpus(None) == 5
-    monkeypatch.setenv(tune.ENV_CPUS, "two")
+    monkeypatch.delenv(ray_cluster.ENV_CPUS, raising=False)
+    assert ray_cluster.ray_cpus(3) == 3
+    monkeypatch.setenv(ray_cluster.ENV_CPUS, "5")
+    assert ray_cluster.ray_cpus(None) == 5
+    monkeypatch.setenv(ray_cluster.ENV_CPUS, "two")
     with pytest.raises(ValueError, match="DENSEPRED_RAY_CPUS='two'"):
-        tune._ray_cpus(None)
+        ray_cluster.ray_cpus(None)
     with pytest.raises(ValueError, match="positive"):
-        tune._ray_cpus(0)
+        ray_cluster.ray_cpus(0)
     monkeypatch.delenv(tune.ENV_STORAGE, raising=False)
     assert tune._storage_path(tmp_path, None) == str(tmp_path / "ray")
     assert tune._storage_path(tmp_path, "s3://bucket/ray") == "s3://bucket/ray"

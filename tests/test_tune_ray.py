@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, write_params
-from densepred import tune
+from densepred import paths, ray_cluster, tune
 from densepred.config import load_params
 
 pytestmark = pytest.mark.slow
@@ -318,7 +318,7 @@ def _session_processes(temp_dir: Path) -> dict[int, str]:
     """The processes of the Ray sessions under `temp_dir` (a private RAY_TMPDIR)."""
     found = {}
     for session in temp_dir.glob("ray/session_2*"):
-        found.update(tune._ray_processes(str(session)))
+        found.update(ray_cluster._ray_processes(str(session)))
     return found
 
 
@@ -394,7 +394,7 @@ def test_sweep_on_a_ray_cluster_with_token_auth(tmp_path, smoke_tree, ray_tmp):
     summary = pd.read_csv(tmp_path / "sweep" / "summary.csv")
     assert list(summary["status"]) == ["ok", "ok"]
     assert list(summary["depth_eigen/rms"]) == pytest.approx([1 / 8, 1 / 16])
-    assert not (tmp_path / "sweep" / tune.LOCAL_RAY_FILE).exists()  # joined, not started locally
+    assert not paths.local_ray_record(tmp_path / "sweep").exists()  # joined, not started locally
     assert set(head) <= set(_session_processes(ray_tmp))  # the cluster is left running
 
 
@@ -474,7 +474,7 @@ def test_killed_sweep_driver_leaves_no_ray_processes(tmp_path, smoke_tree, ray_t
         lambda: (tmp_path / "markers").is_dir() and any((tmp_path / "markers").iterdir()), proc, tmp_path
     )
     running = _session_processes(ray_tmp)
-    assert running and (tmp_path / "sweep" / tune.LOCAL_RAY_FILE).is_file()
+    assert running and paths.local_ray_record(tmp_path / "sweep").is_file()
     proc.send_signal(signal.SIGKILL)  # the driver only
     proc.wait(timeout=60)
     deadline = time.monotonic() + 30
@@ -486,7 +486,7 @@ def test_killed_sweep_driver_leaves_no_ray_processes(tmp_path, smoke_tree, ray_t
         f"{sorted(left.values())}"
     )
     if left:  # the next sweep on this folder stops them before it starts its own Ray
-        reaped = tune.reap_local_ray(tmp_path / "sweep" / tune.LOCAL_RAY_FILE)
+        reaped = ray_cluster.reap_local_ray(paths.local_ray_record(tmp_path / "sweep"))
         assert set(left) <= set(reaped)
         deadline = time.monotonic() + 10
         while _session_processes(ray_tmp) and time.monotonic() < deadline:

@@ -12,7 +12,10 @@ trainer, the evaluation, the sweeps and the tables all ask this module.
     <runs>/<job>/seed<k>/...                               seed k of a job that runs several seeds
     <runs>/figure7/<job>/frac<pct>/seed<k>/...             (and of its Fig. 7 chains)
     <runs>/sweeps/<sweep>/summary.csv                      a sweep's per-trial results
+    <sweep>/{sweep.json,ray/,stale/,ray_local.json}        a sweep's state, Ray Tune storage, the
+                                                           outputs of a changed definition, its local Ray
     <sweep>/trials/<variant>/{pretrain,finetune,metrics.json}   one trial's job chain
+    <sweep>/trials/<variant>/{result.json,attempts.log,log.txt,mlflow_run_id}   its result and records
     <results>/<table>.csv                                  results tables and figures
     <results>/table2_runs.csv                              table 2 with one row per (job, seed)
     logs/<profile>/<stage>.log                             a pipeline stage's log
@@ -37,6 +40,15 @@ INIT_REPORT = "init_report.json"
 TRACKING_RECORD = "tracking.json"
 TRACKING_JOURNAL = "tracking_pending.jsonl"
 TRIAL_METRICS = "metrics.json"
+SWEEP_STATE = "sweep.json"
+SWEEP_RAY = "ray"
+SWEEP_TRIALS = "trials"
+SWEEP_STALE = "stale"
+LOCAL_RAY = "ray_local.json"
+TRIAL_RESULT = "result.json"
+TRIAL_ATTEMPTS = "attempts.log"
+TRIAL_LOG = "log.txt"
+TRIAL_RUN_ID = "mlflow_run_id"
 
 
 def seeds_fanned_out(params: Params, job: str) -> bool:
@@ -133,6 +145,52 @@ def find_tracking_journals(root: Path) -> list[Path]:
 def trial_metrics(trial_folder: Path) -> Path:
     """The evaluation metrics of a sweep trial's job chain (written last by its evaluation)."""
     return Path(trial_folder) / TRIAL_METRICS
+
+
+def sweep_state(sweep_folder: Path) -> Path:
+    """A sweep's state: its fingerprint, Ray experiment name and MLflow parent run (tune.py)."""
+    return Path(sweep_folder) / SWEEP_STATE
+
+
+def sweep_ray_storage(sweep_folder: Path) -> Path:
+    """Ray Tune's storage of a sweep unless another is given (DENSEPRED_RAY_STORAGE)."""
+    return Path(sweep_folder) / SWEEP_RAY
+
+
+def sweep_trials_dir(sweep_folder: Path) -> Path:
+    """The folder holding one folder per trial of a sweep."""
+    return Path(sweep_folder) / SWEEP_TRIALS
+
+
+def sweep_stale_dir(sweep_folder: Path) -> Path:
+    """Where the outputs of a sweep's earlier, changed definitions are set aside (never deleted)."""
+    return Path(sweep_folder) / SWEEP_STALE
+
+
+def local_ray_record(sweep_folder: Path) -> Path:
+    """The session and driver of the local Ray a running sweep started (ray_cluster.py), so that
+    the next sweep on the folder stops what a killed driver left behind."""
+    return Path(sweep_folder) / LOCAL_RAY
+
+
+def trial_result(trial_folder: Path) -> Path:
+    """A finished trial's variant, overrides and metrics; its existence means the trial is done."""
+    return Path(trial_folder) / TRIAL_RESULT
+
+
+def trial_attempts(trial_folder: Path) -> Path:
+    """One line per start of a trial."""
+    return Path(trial_folder) / TRIAL_ATTEMPTS
+
+
+def trial_log(trial_folder: Path) -> Path:
+    """A trial's stdout and stderr."""
+    return Path(trial_folder) / TRIAL_LOG
+
+
+def trial_run_id(trial_folder: Path) -> Path:
+    """The MLflow run id of a trial, so that a retry reopens the same run."""
+    return Path(trial_folder) / TRIAL_RUN_ID
 
 
 def eval_path(params: Params, job: str, dataset: str, seed: int | None = None) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from densepred import paths
 from densepred.config import DatasetCfg, EvalCfg, JobCfg, Params, RuntimeCfg, StageCfg, TrackingCfg
 from densepred.engine.accumulation import BatchPlan, plan_batch
 from densepred.records import fingerprint
@@ -160,3 +161,34 @@ class StageRun:
     def fingerprint(self, init_identity: str | None = None) -> str:
         """sha256 of the identity and of the identity of the --init weights (see engine/train.py)."""
         return fingerprint(self.identity_json(), init_identity)
+
+
+def chain_runs(
+    params: Params,
+    job: str,
+    run_dir: Path,
+    *,
+    skip_pretrain: bool = False,
+    eval_out: Path | None = None,
+    eval_dataset: str | None = None,
+) -> list[StageRun]:
+    """The stage runs of one chain of `job` in `run_dir`, in the order they run: the pipeline's
+    training and evaluation stages (pipeline.py) and a sweep trial (tune.py) are both built here.
+
+    Training: each stage the job has (`jobs.<job>.pretrain`, then `.finetune`; the pretraining left
+    out with `skip_pretrain`, Fig. 7's 0% point) writes to `paths.stage_dir(run_dir, stage)` and
+    starts from the final checkpoint of the stage before it (the first from none). Then, when
+    `eval_out` is given, the evaluation of the last training stage's final checkpoint on
+    `eval_dataset` (default: the job's own) written to `eval_out`. A chain without training stages
+    is an empty list (no evaluation either: there is no checkpoint to evaluate).
+    """
+    runs: list[StageRun] = []
+    init: Path | None = None
+    for stage in TRAIN_STAGES:
+        if getattr(params.job(job), stage) is None or (stage == "pretrain" and skip_pretrain):
+            continue
+        runs.append(StageRun.train(params, job, stage, paths.stage_dir(run_dir, stage), init))
+        init = paths.final_checkpoint(runs[-1].out)
+    if init is not None and eval_out is not None:
+        runs.append(StageRun.evaluate(params, job, init, Path(eval_out), eval_dataset))
+    return runs

@@ -38,11 +38,9 @@ Fault tolerance, in two layers:
   saved state can be up to `STATE_SYNC_S` seconds old; so a trial whose `result.json` exists reports
   it without running again, and finished trials are never rerun, whatever Ray remembers.
 
-Where Ray runs: `RAY_ADDRESS` joins an existing cluster (then `out/` and the storage path must be on
-shared storage); otherwise a local Ray instance is started with `num_cpus` CPUs (argument, else
-`DENSEPRED_RAY_CPUS` as set by the Snakemake rule from `{threads}`, else `os.cpu_count()`), and shut
-down at the end. If Ray is already initialised in this process, it is used and left running (then
-the caller owns its runtime environment). Trials never depend on the working directory: every path
+Where Ray runs (ray_cluster.py, `ray_session`): `RAY_ADDRESS` joins an existing cluster (then `out/`
+and the storage path must be on shared storage); otherwise a local Ray instance is started with
+`num_cpus` CPUs and shut down at the end. Trials never depend on the working directory: every path
 in the trial params is made absolute, and `RAY_CHDIR_TO_TRIAL_DIR=0`, `DENSEPRED_ROOT` and the
 absolute `MLFLOW_TRACKING_URI` are passed to the workers with `runtime_env`.
 
@@ -60,12 +58,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import logging
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -82,24 +75,14 @@ from densepred.config import (
     project_root,
 )
 from densepred.io import atomic_write_text
-from densepred.paths import SWEEP_SUMMARY
-from densepred.stage_run import TRAIN_STAGES, StageRun
+from densepred.paths import SWEEP_RAY, SWEEP_STATE, SWEEP_SUMMARY, SWEEP_TRIALS
+from densepred.ray_cluster import ENV_CPUS, ray_cpus, ray_session
+from densepred.stage_run import chain_runs
 from densepred.sweeps import Trial, expand_trials, read_summary, trial_params, value_text, write_summary
 from densepred.tracking import nested_under
 
-ENV_CPUS = "DENSEPRED_RAY_CPUS"
 ENV_STORAGE = "DENSEPRED_RAY_STORAGE"
 PASSED_ENV = ("DENSEPRED_TRACKING", "DENSEPRED_DEBUG")  # forwarded to the trials when set
-STATE_FILE = "sweep.json"
-TRIALS_DIR = "trials"
-STALE_DIR = "stale"
-RESULT_FILE = "result.json"
-ATTEMPTS_FILE = "attempts.log"
-LOG_FILE = "log.txt"
-RUN_ID_FILE = "mlflow_run_id"
-LOCAL_RAY_FILE = "ray_local.json"  # the local Ray of a running sweep (see `ray_session`)
-PROBE_TIMEOUT_S = 10  # to reach RAY_ADDRESS before handing it to Ray
-OBJECT_STORE_BYTES = 128 * 1024**2  # trials exchange only small dicts; Ray would reserve 30% of RAM
 STATE_SYNC_S = 10  # copy Ray's experiment state to the storage path at most this stale (Ray: 300 s)
 SUMMARY_COLUMNS = ["variant", "status", "attempts", "error"]
 MAX_ERROR_CHARS = 500
@@ -156,25 +139,24 @@ def fingerprint(params: Params, sweep: SweepCfg, trials: Mapping[str, Params]) -
 def run_job_chain(params: Params, job: str, out: Path) -> dict[str, Any]:
     """Run a job's chain into `out`: pretrain (if any) -> finetune from it (if any) -> evaluate.
 
-    Each stage is one `StageRun` (stage folders and file names from densepred.paths). A retried or
-    resumed trial continues where it stopped: `train_job` does nothing for a stage whose `final.pt`
-    exists and resumes from its `checkpoints/last.pt`, and an existing `metrics.json` (written last,
+    The stages are those of the pipeline's chain (`stage_run.chain_runs`; stage folders and file
+    names from densepred.paths), the evaluation written to `metrics.json`. A retried or resumed
+    trial continues where it stopped: `train_job` does nothing for a stage whose `final.pt` exists
+    and resumes from its `checkpoints/last.pt`, and an existing `metrics.json` (written last,
     atomically, by `evaluate_job`) is reused. Returns the flat metrics.
     """
     from densepred.engine.evaluate import evaluate_job
     from densepred.engine.train import train_job
 
-    cfg = params.job(job)
-    init: Path | None = None
-    for stage in TRAIN_STAGES:
-        if getattr(cfg, stage) is not None:
-            init = Path(train_job(StageRun.train(params, job, stage, paths.stage_dir(out, stage), init)))
-    if init is None:
+    runs = chain_runs(params, job, out, eval_out=paths.trial_metrics(out))
+    if not runs:
         raise ValueError(f"jobs.{job}: nothing to train (no pretrain or finetune stage)")
-    metrics_json = paths.trial_metrics(out)
-    if metrics_json.is_file():
-        return json.loads(metrics_json.read_text())
-    return dict(evaluate_job(StageRun.evaluate(params, job, init, metrics_json)))
+    *stages, evaluation = runs
+    for run in stages:
+        train_job(run)
+    if evaluation.out.is_file():
+        return json.loads(evaluation.out.read_text())
+    return dict(evaluate_job(evaluation))
 
 
 # ----------------------------------------------------------------------------------------- the sweep
@@ -231,7 +213,7 @@ def run_sweep(
     cwd = Path.cwd().resolve()
     storage = _storage_path(out, storage_path)
     with (
-        ray_session(_ray_cpus(num_cpus), _worker_env(params), out),
+        ray_session(ray_cpus(num_cpus), _worker_env(params), paths.local_ray_record(out)),
         _parent_run(params, sweep, cfg, state, out) as parent_id,
     ):
         _check_resources(cfg)
@@ -240,7 +222,7 @@ def run_sweep(
             experiment=state["experiment"],
             table=cfg.table,
             job=cfg.job,
-            trials_dir=out / TRIALS_DIR,
+            trials_dir=paths.sweep_trials_dir(out),
             trials={t.variant: t for t in trials},
             params={name: absolute_paths(p, cwd) for name, p in resolved.items()},
             trial_fn=trial_fn or run_job_chain,
@@ -269,7 +251,7 @@ def _load_state(
     not match) are moved into `out/stale/<old fingerprint>-<n>/`, never mixed with the new trials
     and never deleted.
     """
-    path = out / STATE_FILE
+    path = paths.sweep_state(out)
     if path.is_file():
         try:
             state = json.loads(path.read_text())
@@ -295,14 +277,14 @@ def _load_state(
 
 def _set_aside(out: Path, old_digest: str) -> Path:
     """Move a previous definition's state, summary, trials and Ray folder into `out/stale/`."""
-    stale_root = out / STALE_DIR
+    stale_root = paths.sweep_stale_dir(out)
     stale_root.mkdir(parents=True, exist_ok=True)
     n = 0
     while (stale_root / f"{old_digest[:12]}-{n}").exists():
         n += 1
     stale = stale_root / f"{old_digest[:12]}-{n}"
     stale.mkdir()
-    for name in (STATE_FILE, SWEEP_SUMMARY, TRIALS_DIR, "ray"):
+    for name in (SWEEP_STATE, SWEEP_SUMMARY, SWEEP_TRIALS, SWEEP_RAY):
         if (out / name).exists():
             os.replace(out / name, stale / name)
     print(
@@ -313,26 +295,10 @@ def _set_aside(out: Path, old_digest: str) -> Path:
 
 def _storage_path(out: Path, storage_path: str | Path | None) -> str:
     """Absolute local path or URI for Ray Tune's storage."""
-    value = storage_path or os.environ.get(ENV_STORAGE) or out / "ray"
+    value = storage_path or os.environ.get(ENV_STORAGE) or paths.sweep_ray_storage(out)
     if "://" in str(value):
         return str(value)
     return str(Path(value).expanduser().resolve())
-
-
-def _ray_cpus(num_cpus: int | None) -> int:
-    """CPUs for a local Ray instance: argument, else DENSEPRED_RAY_CPUS, else all cores."""
-    if num_cpus is None:
-        raw = os.environ.get(ENV_CPUS, "").strip()
-        if raw:
-            try:
-                num_cpus = int(raw)
-            except ValueError:
-                raise ValueError(f"{ENV_CPUS}={raw!r}: expected a positive integer") from None
-        else:
-            num_cpus = os.cpu_count() or 1
-    if num_cpus < 1:
-        raise ValueError(f"Ray CPUs must be a positive integer, got {num_cpus} (argument or {ENV_CPUS})")
-    return num_cpus
 
 
 def _worker_env(params: Params) -> dict[str, str]:
@@ -344,228 +310,6 @@ def _worker_env(params: Params) -> dict[str, str]:
         env["MLFLOW_TRACKING_URI"] = tracking_uri(params.tracking)
     env.update({k: os.environ[k] for k in PASSED_ENV if k in os.environ})
     return env
-
-
-class RayClusterError(ConnectionError):
-    """Ray could not be reached or refused this driver: one line naming the address and the fix
-    (an OSError, so the CLI reports it with exit status 2)."""
-
-
-@contextlib.contextmanager
-def ray_session(num_cpus: int, env: Mapping[str, str], out: Path | None = None) -> Iterator[None]:
-    """Ray for the sweep: join `RAY_ADDRESS`, or start a lean local instance; shut down what we start.
-
-    A Ray already initialised in this process is used as it is and left running. A local instance
-    is always a new one (`address="local"`): a stale `ray_current_cluster` file, or another user's
-    Ray on this machine, is never joined by accident. Its processes are listed in
-    `out/ray_local.json` while it runs, so that after a hard kill of the driver the next sweep
-    started on that folder stops whatever of them survived (`reap_local_ray`).
-    """
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    common: dict[str, Any] = {
-        "runtime_env": {"env_vars": dict(env)},
-        "log_to_driver": False,  # a trial's output goes to its folder's log.txt (`run_trial`)
-        "logging_level": logging.WARNING,
-    }
-    address = os.environ.get("RAY_ADDRESS", "").strip()
-    record = Path(out) / LOCAL_RAY_FILE if out is not None else None
-    watchdog: subprocess.Popen | None = None
-    if address and address != "local":
-        _join(address, common)
-    else:
-        if record is not None:
-            reap_local_ray(record)
-        ray.init(
-            address="local",
-            num_cpus=num_cpus,
-            include_dashboard=False,
-            object_store_memory=OBJECT_STORE_BYTES,
-            **common,
-        )
-        if record is not None:
-            watchdog = _record_local_ray(record)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-        if watchdog is not None:
-            watchdog.kill()
-            watchdog.wait()
-        if record is not None:
-            record.unlink(missing_ok=True)
-
-
-def _join(address: str, common: Mapping[str, Any]) -> None:
-    """`ray.init(address)` after checking, within `PROBE_TIMEOUT_S`, that the address answers; token
-    authentication is switched on when the cluster's token is at hand (see `_use_token_auth`)."""
-    import ray
-
-    _probe(address)
-    _use_token_auth()
-    try:
-        ray.init(address=address, **common)
-    except Exception as exc:
-        ray.shutdown()
-        raise RayClusterError(_ray_error_line(address, exc)) from exc
-
-
-def _probe(address: str) -> None:
-    """Raise RayClusterError unless `host:port` of `address` (also `ray://host:port`, `auto`)
-    accepts a TCP connection; Ray itself would wait minutes for an unreachable cluster."""
-    target = address.split("://", 1)[-1]
-    where = f"RAY_ADDRESS={address}"
-    if target == "auto":
-        target = _recorded_address() or ""
-        recorded = _ray_temp_dir() / "ray_current_cluster"
-        where = f"{target} (RAY_ADDRESS=auto, read from {recorded}: stale if that cluster is gone)"
-        if not target:
-            raise RayClusterError(
-                f"RAY_ADDRESS=auto but no running Ray cluster is recorded in {_ray_temp_dir()}; "
-                "set RAY_ADDRESS=<head host>:<port>, or unset it to run Ray locally"
-            )
-    host, _, port = target.rpartition(":")
-    if not host or not port.isdigit():
-        raise RayClusterError(f"RAY_ADDRESS={address!r}: expected <host>:<port> (e.g. 127.0.0.1:6379)")
-    try:
-        socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S).close()
-    except OSError as exc:
-        why = exc.strerror or type(exc).__name__
-        raise RayClusterError(
-            f"cannot reach the Ray cluster at {where} ({why}); start it with "
-            f"`ray start --head --port={port}` or unset RAY_ADDRESS to run the sweep on a local Ray"
-        ) from None
-
-
-def _ray_temp_dir() -> Path:
-    """Ray's temp dir: `$RAY_TMPDIR/ray`, by default /tmp/ray."""
-    return Path(os.environ.get("RAY_TMPDIR") or "/tmp") / "ray"
-
-
-def _recorded_address() -> str | None:
-    """The address in Ray's `ray_current_cluster` file (written by `ray start`; may be stale)."""
-    path = _ray_temp_dir() / "ray_current_cluster"
-    return path.read_text().strip() or None if path.is_file() else None
-
-
-def _use_token_auth() -> None:
-    """Switch this driver to token authentication when RAY_AUTH_MODE is unset and a token is at hand
-    (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token).
-
-    `ray start --head` enables token auth by itself when ~/.ray/auth_token exists, but a driver
-    given an explicit address does not, and then fails with `AuthenticationError: InvalidAuthToken`.
-    An explicit RAY_AUTH_MODE (`token` or `disabled`) is passed through untouched.
-    """
-    if os.environ.get("RAY_AUTH_MODE"):
-        return
-    token_path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
-    if not (os.environ.get("RAY_AUTH_TOKEN") or token_path.is_file()):
-        return
-    from ray._raylet import Config
-
-    os.environ["RAY_AUTH_MODE"] = "token"
-    Config.initialize("")  # Ray reads its auth mode from the environment when its config is initialised
-
-
-def _ray_error_line(address: str, exc: BaseException) -> str:
-    """One line for a failure to join the cluster at `address`."""
-    name = type(exc).__name__
-    text = (str(exc).strip().splitlines() or [name])[0]
-    if name == "AuthenticationError" or "auth" in text.lower():
-        return (
-            f"the Ray cluster at RAY_ADDRESS={address} refused this driver's authentication ({text[:120]}); "
-            "give it the cluster's token (RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH; `ray get-auth-token` on "
-            "the head) with RAY_AUTH_MODE=token, or RAY_AUTH_MODE=disabled for a cluster without token auth"
-        )
-    return (
-        f"cannot join the Ray cluster at RAY_ADDRESS={address} ({name}: {text[:160]}); if the head uses "
-        "token authentication set RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)"
-    )
-
-
-def _ray_processes(session_dir: str) -> dict[int, str]:
-    """PIDs (and names) of the processes of the Ray session in `session_dir`: those naming it on their
-    command line (gcs_server, raylet) or holding a file of it open (agents and workers, whose command
-    line Ray rewrites to `ray::...`, write their logs there)."""
-    found: dict[int, str] = {}
-    name = Path(session_dir).name
-    if not name.startswith("session_"):
-        return found
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if name in cmdline or any(name in os.readlink(fd) for fd in (proc / "fd").iterdir()):
-                found[int(proc.name)] = cmdline[:200]
-        except OSError:
-            continue
-    return found
-
-
-def _kill_session(session_dir: str) -> list[int]:
-    """SIGKILL every process of the Ray session in `session_dir`; returns their PIDs."""
-    pids = sorted(_ray_processes(session_dir))
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-    return pids
-
-
-def _record_local_ray(record: Path) -> subprocess.Popen:
-    """List the local Ray's session and driver in `record`, and start its watchdog: a process of its
-    own session that stops the Ray processes if the driver dies without shutting Ray down (SIGKILL):
-    Ray ties gcs_server and the raylet to the driver, but the raylet's agents and workers outlive it."""
-    import ray
-
-    session = ray._private.worker._global_node.get_session_dir_path()
-    record.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(record, json.dumps({"session_dir": session, "driver_pid": os.getpid()}) + "\n")
-    code = "import sys; from densepred.tune import watch_driver; watch_driver(int(sys.argv[1]), sys.argv[2])"
-    return subprocess.Popen(
-        [sys.executable, "-c", code, str(os.getpid()), session],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-
-
-def watch_driver(driver_pid: int, session_dir: str, poll_s: float = 0.5) -> None:
-    """Wait for the sweep driver `driver_pid` to end; then stop what is left of its Ray session."""
-    while Path(f"/proc/{driver_pid}").exists() and not _is_zombie(driver_pid):
-        time.sleep(poll_s)
-    _kill_session(session_dir)
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def reap_local_ray(record: Path) -> list[int]:
-    """Stop the processes of a local Ray left by a sweep driver that was killed (its `record` is
-    still there and the driver is gone; the watchdog normally did it already); returns their PIDs."""
-    if not record.is_file():
-        return []
-    try:
-        info = json.loads(record.read_text())
-    except ValueError:
-        record.unlink(missing_ok=True)
-        return []
-    driver = int(info.get("driver_pid") or 0)
-    if driver and driver != os.getpid() and Path(f"/proc/{driver}").exists() and not _is_zombie(driver):
-        return []  # that sweep is still running
-    pids = _kill_session(str(info.get("session_dir") or ""))
-    if pids:
-        print(f"[tune] stopped {len(pids)} leftover processes of a killed sweep's Ray", flush=True)
-    record.unlink(missing_ok=True)
-    return pids
 
 
 def _check_resources(cfg: SweepCfg) -> None:
@@ -630,15 +374,15 @@ def _make_trainable(plan: _Plan) -> Callable[[dict[str, Any]], None]:
 def run_trial(plan: _Plan, variant: str) -> dict[str, float]:
     """Run the trial `variant` in its folder unless its `result.json` exists; return its metrics."""
     folder = plan.trials_dir / variant
-    done = folder / RESULT_FILE
+    done = paths.trial_result(folder)
     if done.is_file():
         return json.loads(done.read_text())["metrics"]
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ATTEMPTS_FILE, "a") as log:
+    with open(paths.trial_attempts(folder), "a") as log:
         log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid={os.getpid()}\n")
     params = plan.params[variant]
     with (
-        open(folder / LOG_FILE, "a") as log,
+        open(paths.trial_log(folder), "a") as log,
         contextlib.redirect_stdout(log),
         contextlib.redirect_stderr(log),
         _trial_run(plan, variant, params, folder) as run,
@@ -680,7 +424,7 @@ def _parent_run(
     ) as run:
         if run.run_id and run.run_id != state.get("parent_run_id"):
             state["parent_run_id"] = run.run_id
-            atomic_write_text(out / STATE_FILE, json.dumps(state, indent=2, sort_keys=True) + "\n")
+            atomic_write_text(paths.sweep_state(out), json.dumps(state, indent=2, sort_keys=True) + "\n")
         run.set_tags({"sweep": sweep, "table": cfg.table})
         yield run.run_id
         if (out / SWEEP_SUMMARY).is_file():
@@ -692,7 +436,7 @@ def _trial_run(plan: _Plan, variant: str, params: Params, folder: Path) -> Itera
     """The trial's MLflow run, child of the sweep run; a retry reopens the same run."""
     from densepred.tracking import RunSubject, start_run
 
-    id_file = folder / RUN_ID_FILE
+    id_file = paths.trial_run_id(folder)
     run_id = id_file.read_text().strip() if id_file.is_file() else None
     name = f"{plan.sweep}-{variant}"
     subject = RunSubject.of_job(params, plan.job)
@@ -743,7 +487,7 @@ def _outcome(folder: Path, result: Any) -> tuple[str, str, dict[str, float]]:
     """(status, error message, metrics) of one trial."""
     if result is not None and result.error is not None:
         return "error", error_message(result.error), {}
-    done = folder / RESULT_FILE
+    done = paths.trial_result(folder)
     if done.is_file():
         return "ok", "", json.loads(done.read_text())["metrics"]
     return "unfinished", "", {}
@@ -764,7 +508,7 @@ def error_message(error: BaseException) -> str:
 
 
 def _attempts(folder: Path) -> int:
-    path = folder / ATTEMPTS_FILE
+    path = paths.trial_attempts(folder)
     return len(path.read_text().splitlines()) if path.is_file() else 0
 
 
