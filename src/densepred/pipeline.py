@@ -53,7 +53,7 @@ from densepred.launch import train_argv as launch_argv
 from densepred.launch import train_resources, with_kernel_env
 from densepred.reference import reference_eval_settings, reference_tasks
 from densepred.stage import PRIORITY, Stage
-from densepred.stage_run import StageRun
+from densepred.stage_run import EVALUATE, TRAIN_STAGES, StageRun, chain_runs
 from densepred.sweeps import expand_trials
 
 # The kinds of stage whose numbers depend on the CPU kernels (`runtime.cpu_kernels`, launch.py).
@@ -266,43 +266,66 @@ def reference_stages(pf: Profile) -> list[Stage]:
     return [stage]
 
 
-def training_chain(pf: Profile, chain: Chain) -> list[Stage]:
-    """A chain's training stages (pretrain -> finetune), each starting from the previous one's
-    final.pt."""
+def chain_stages(pf: Profile, chain: Chain, evaluation: Evaluation | None) -> list[Stage]:
+    """A chain's training stages (pretrain -> finetune, each from the previous one's final.pt) and,
+    when asked, the evaluation of its last checkpoint: one stage per run of
+    `stage_run.chain_runs`, which the sweep's trials (tune.py) run too."""
     params = pf.with_sets(chain.sets)
-    cfg = params.jobs[chain.job]
-    suffix = paths.stage_suffix(pf.params, chain.job, chain.seed)
-    stages: list[Stage] = []
-    last: str | None = None
-    for stage in ("pretrain", "finetune"):
-        scfg = getattr(cfg, stage)
-        if scfg is None or (stage == "pretrain" and chain.skip_pretrain):
-            continue
-        folder = paths.stage_dir(chain.run_dir, stage)
-        run = StageRun.train(params, chain.job, stage, folder, Path(last) if last else None)
-        init = ["--init", last] if last else []
-        threads, resources = train_resources(params.runtime)
-        train = pf.stage(
-            f"{stage}_{chain.tag}{suffix}",
-            "train",
-            ["train", "--job", chain.job, "--stage", stage, *init, "--out", str(folder)],
-            [str(pf.params.datasets[scfg.dataset].prepared), *([last] if last else [])],
-            [str(paths.final_checkpoint(folder))],
-            pf.job_keys(chain.job, stage),
-            settings=run.identity(),
-            sets=chain.sets,
-            launch=params.runtime,
-            threads=threads,
-            priority=PRIORITY[stage],
-            resources=resources,
-            plots=((str(paths.train_log(folder)), "step", "total"),),
-            init=last,
-            train_stage=stage,
-            **_chain_fields(chain, scfg.dataset),
-        )
-        stages.append(train)
-        last = train.outs[0]
+    out, dataset = (Path(evaluation.out), evaluation.dataset) if evaluation else (None, None)
+    runs = chain_runs(
+        params,
+        chain.job,
+        chain.run_dir,
+        skip_pretrain=chain.skip_pretrain,
+        eval_out=out,
+        eval_dataset=dataset,
+    )
+    stages = [training_stage(pf, params, chain, run) for run in runs if run.stage in TRAIN_STAGES]
+    if evaluation is not None and runs and runs[-1].stage == EVALUATE:
+        stages.append(evaluation_stage(pf, params, chain, runs[-1], evaluation.feeds))
     return stages
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What a chain's evaluation scores: its dataset, its metrics JSON, the tables it feeds."""
+
+    dataset: str
+    out: str
+    feeds: tuple[str, ...]
+
+
+def training_stage(pf: Profile, params: Params, chain: Chain, run: StageRun) -> Stage:
+    """One training stage of a chain: `densepred train` of `run` (its folder, its --init)."""
+    init = str(run.init) if run.init else None
+    threads, resources = train_resources(params.runtime)
+    return pf.stage(
+        f"{run.stage}_{chain.tag}{paths.stage_suffix(pf.params, chain.job, chain.seed)}",
+        "train",
+        [
+            "train",
+            "--job",
+            chain.job,
+            "--stage",
+            run.stage,
+            *(["--init", init] if init else []),
+            "--out",
+            str(run.out),
+        ],
+        [str(pf.params.datasets[run.dataset].prepared), *([init] if init else [])],
+        [str(paths.final_checkpoint(run.out))],
+        pf.job_keys(chain.job, run.stage),
+        settings=run.identity(),
+        sets=chain.sets,
+        launch=params.runtime,
+        threads=threads,
+        priority=PRIORITY[run.stage],
+        resources=resources,
+        plots=((str(paths.train_log(run.out)), "step", "total"),),
+        init=init,
+        train_stage=run.stage,
+        **_chain_fields(chain, run.dataset),
+    )
 
 
 def _chain_fields(chain: Chain, dataset: str) -> dict[str, Any]:
@@ -311,19 +334,18 @@ def _chain_fields(chain: Chain, dataset: str) -> dict[str, Any]:
 
 
 def evaluation_stage(
-    pf: Profile, chain: Chain, ckpt: str, dataset: str, out: str, feeds: tuple[str, ...]
+    pf: Profile, params: Params, chain: Chain, run: StageRun, feeds: tuple[str, ...]
 ) -> Stage:
-    """The evaluation of the checkpoint `ckpt` of `chain` on `dataset`'s test split, written to
-    `out` (metrics JSON) and its figures folder."""
-    params = pf.with_sets(chain.sets)
-    run = StageRun.evaluate(params, chain.job, Path(ckpt), Path(out), dataset)
+    """The evaluation `run` of a checkpoint of `chain` (`densepred evaluate`): its metrics JSON and
+    figures folder."""
+    out, ckpt = str(run.out), str(run.init)
     figures = paths.figures_dir(out)
     # the model, tasks and seed reach an evaluation through its checkpoint
     keys = [f"jobs.{chain.job}.evaluate", *pf.preset_keys(chain.job, "evaluate")]
-    own = dataset == params.jobs[chain.job].evaluate.dataset
+    own = run.dataset == params.jobs[chain.job].evaluate.dataset
     rt = pf.params.runtime
     return pf.stage(
-        f"evaluate_{chain.tag}_{dataset}{paths.stage_suffix(pf.params, chain.job, chain.seed)}",
+        f"evaluate_{chain.tag}_{run.dataset}{paths.stage_suffix(pf.params, chain.job, chain.seed)}",
         "evaluate",
         [
             "evaluate",
@@ -331,11 +353,11 @@ def evaluation_stage(
             chain.job,
             "--ckpt",
             ckpt,
-            *([] if own else ["--dataset", dataset]),
+            *([] if own else ["--dataset", run.dataset]),
             "--out",
             out,
         ],
-        [ckpt, str(pf.params.datasets[dataset].prepared)],
+        [ckpt, str(pf.params.datasets[run.dataset].prepared)],
         [out, figures],
         keys,
         settings=run.identity(),
@@ -346,33 +368,36 @@ def evaluation_stage(
         resources={"mem_mb": rt.mem_mb, "gpu": min(rt.gpus_per_job, 1)},  # one process: one GPU at most
         metrics=(out,),
         feeds=feeds,
-        **_chain_fields(chain, dataset),
+        **_chain_fields(chain, run.dataset),
     )
 
 
 def job_stages(pf: Profile) -> list[Stage]:
-    """Every job's chain and evaluations, once per seed of the job: the main evaluation (table 2 on
+    """Every job's chain, once per seed of the job: training, the main evaluation (table 2 on
     NYUD-v2; also a Fig. 7 point for the Fig. 7 jobs) and, for table 3, the Taskonomy-pretrained
-    checkpoint on Taskonomy's test split."""
+    checkpoint scored on Taskonomy's test split."""
     p = pf.params
     figure7_jobs = p.figure7.jobs if p.figure7 else []
     stages: list[Stage] = []
     for job, cfg in p.jobs.items():
         for seed in p.job_seeds(job):
             chain = Chain(job, seed, paths.run_dir(p, job, seed), job, seed_sets(p, job, seed))
-            training = training_chain(pf, chain)
-            stages += training
-            if cfg.finetune is not None and training:
-                dataset = cfg.evaluate.dataset
-                feeds = _main_eval_feeds(dataset, job in figure7_jobs)
-                out = paths.eval_path(p, job, dataset, seed)
-                stages.append(evaluation_stage(pf, chain, training[-1].outs[0], dataset, out, feeds))
-            pretrained = cfg.pretrain is not None and cfg.pretrain.dataset == "taskonomy"
-            if "table3" in cfg.tables and pretrained:
-                ckpt = str(paths.final_checkpoint(paths.stage_dir(chain.run_dir, "pretrain")))
-                out = paths.eval_path(p, job, "taskonomy", seed)
-                stages.append(evaluation_stage(pf, chain, ckpt, "taskonomy", out, ("table3",)))
+            dataset = cfg.evaluate.dataset
+            feeds = _main_eval_feeds(dataset, job in figure7_jobs)
+            main = Evaluation(dataset, paths.eval_path(p, job, dataset, seed), feeds)
+            stages += chain_stages(pf, chain, main if cfg.finetune is not None else None)
+            if "table3" in cfg.tables and cfg.pretrain is not None and cfg.pretrain.dataset == "taskonomy":
+                stages.append(_pretraining_evaluation(pf, chain))
     return stages
+
+
+def _pretraining_evaluation(pf: Profile, chain: Chain) -> Stage:
+    """Table 3: a chain's Taskonomy-pretrained checkpoint scored on Taskonomy's test split."""
+    params = pf.with_sets(chain.sets)
+    ckpt = paths.final_checkpoint(paths.stage_dir(chain.run_dir, "pretrain"))
+    out = Path(paths.eval_path(pf.params, chain.job, "taskonomy", chain.seed))
+    run = StageRun.evaluate(params, chain.job, ckpt, out, "taskonomy")
+    return evaluation_stage(pf, params, chain, run, ("table3",))
 
 
 def _main_eval_feeds(dataset: str, in_figure7: bool) -> tuple[str, ...]:
@@ -397,12 +422,8 @@ def figure7_stages(pf: Profile) -> list[Stage]:
                 run_dir = paths.figure7_run_dir(p, job, fraction, seed)
                 tag = f"{job}_frac{paths.fraction_tag(fraction)}"
                 chain = Chain(job, seed, run_dir, tag, (*frac_sets, *seed_sets(p, job, seed)), fraction)
-                training = training_chain(pf, chain)
-                stages += training
-                if training:
-                    out = paths.figure7_eval_path(p, job, fraction, seed)
-                    ckpt = training[-1].outs[0]
-                    stages.append(evaluation_stage(pf, chain, ckpt, "nyud", out, ("figure7",)))
+                out = paths.figure7_eval_path(p, job, fraction, seed)
+                stages += chain_stages(pf, chain, Evaluation("nyud", out, ("figure7",)))
     return stages
 
 
