@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from densepred.config import validate
+from densepred.params_loading import validate
 from densepred.tune import ray_session, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from densepred import __version__, run_failure
-from densepred.config import Params, load_params
+from densepred.config import Params
 from densepred.errors import Stopped, stopped_by
 from densepred.io import DiskFullError, is_disk_full
+from densepred.params_loading import load_params
 from densepred.stage_run import StageRun
 
 # OSError covers the environment: a full disk, permissions, unreadable files.
@@ -217,7 +218,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 
 def cmd_schema(args: argparse.Namespace) -> None:
-    from densepred.config import SCHEMA_PATH, write_json_schema
+    from densepred.params_schema import SCHEMA_PATH, write_json_schema
 
     path = write_json_schema(Path(args.out) if args.out else SCHEMA_PATH)
     print(f"wrote {path}")

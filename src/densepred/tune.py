@@ -75,14 +75,9 @@ import pandas as pd
 from pydantic import BaseModel
 
 from densepred import paths
-from densepred.config import (
-    Params,
-    ParamsError,
-    SweepCfg,
-    project_root,
-)
+from densepred.config import Params, ParamsError, SweepCfg
 from densepred.io import atomic_write_text
-from densepred.paths import SWEEP_SUMMARY
+from densepred.paths import SWEEP_SUMMARY, project_root
 from densepred.stage_run import TRAIN_STAGES, StageRun
 from densepred.sweeps import Trial, expand_trials, read_summary, trial_params, value_text, write_summary
 from densepred.tracking import nested_under
