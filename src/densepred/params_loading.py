@@ -250,3 +250,6 @@ def load_params(path: ParamsFiles, overrides: list[str] | tuple[str, ...] = ()) 
     source = " + ".join(str(f) for f in files)
     source += f" (with --set {', '.join(overrides)})" if overrides else ""
     return validate(tree, source)
+
+
+__all__ = ["load_params", "read_profile", "validate"]
