@@ -22,13 +22,13 @@ from pathlib import Path
 import torch
 
 from densepred import paths
-from densepred.config import load_params
 from densepred.engine import distributed as dist_utils
 from densepred.engine.build import build_eval_dataset
 from densepred.engine.checkpoint import load_checkpoint
 from densepred.engine.evaluate import eval_loader, model_from_checkpoint, run_metrics
 from densepred.engine.runtime import job_settings
 from densepred.metrics import MetricSuite
+from densepred.params_loading import load_params
 from densepred.stage_run import StageRun
 
 

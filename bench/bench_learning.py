@@ -42,7 +42,7 @@ PRIMARY = {
 
 
 def _params(profile: str, sets: list[str], work: Path, seed: int | None = None) -> Any:
-    from densepred.config import load_params
+    from densepred.params_loading import load_params
 
     seed_set = [f"seed={seed}"] if seed is not None else []
     return load_params(profile, [*sets, f"paths.runs={work / 'runs'}", *seed_set])

@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from densepred.config import load_params
 from densepred.metrics import MetricSuite
 from densepred.models import create_model
 from densepred.models.backbones import create_backbone
+from densepred.params_loading import load_params
 from densepred.tasks import dataset_info
 
 _SMOKE = load_params(Path(__file__).resolve().parents[1] / "params" / "smoke.yaml")

@@ -100,7 +100,7 @@ def configurations(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every (profile, job, variant) to measure."""
     import torch
 
-    from densepred.config import load_params
+    from densepred.params_loading import load_params
 
     device = args.device
     if device == "auto":

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from densepred.config import validate
+from densepred.params_loading import validate
 from densepred.ray_cluster import ray_session
 from densepred.tune import run_sweep
 

@@ -39,7 +39,7 @@ PROFILES = {"smoke": ROOT / "params" / "smoke.yaml", "paper": ROOT / "params" / 
 def load_job(profile: Path, job: str, overrides: Sequence[str] = ()) -> tuple[Any, Any, Any]:
     """(job config, its training stage: finetune, else pretrain, the profile's runtime settings) of
     `job` in `profile`, with `pretrained_file` set to null and `overrides` (`--set` strings) applied."""
-    from densepred.config import load_params
+    from densepred.params_loading import load_params
 
     params = load_params(profile, [f"jobs.{job}.model.pretrained_file=null", *overrides])
     job_cfg = params.job(job)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from densepred.config import merge_presets
+from densepred.params_loading import merge_presets
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "params" / "smoke.yaml"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import PAPER, SMOKE, write_params
-from densepred.config import ParamsError, load_params, parse_override
+from densepred.config import ParamsError
+from densepred.params_loading import load_params, parse_override
 
 
 def test_smoke_and_paper_profiles_load():
@@ -84,7 +85,7 @@ def test_each_model_checks_its_own_task_rules(job, tasks, message):
 def test_model_kwargs_resolve_each_models_defaults():
     """PolyMaX's K (default 16, C for semseg) is resolved by its params class, the same one the
     model applies when built directly."""
-    from densepred.config import PolyMaXCfg
+    from densepred.model_params import PolyMaXCfg
     from densepred.models import create_model
 
     jobs = load_params(SMOKE, ["jobs.polymax_depth.model.num_clusters=null"]).jobs
@@ -134,6 +135,6 @@ def test_merge_keys_may_be_overridden(tmp_path):
         "base: &b {iterations: 2, batch_size: 2}\n"
         "jobs:\n  stl_depth:\n    finetune:\n      <<: *b\n      iterations: 3\n"
     )
-    from densepred.config import read_yaml
+    from densepred.params_loading import read_yaml
 
     assert read_yaml(override)["jobs"]["stl_depth"]["finetune"] == {"iterations": 3, "batch_size": 2}

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from densepred.config import load_params
 from densepred.dvc_stages import dvc_names
+from densepred.params_loading import load_params
 from densepred.pipeline import build_stages
 from project_fixtures import TARGET, make_project, run
 

@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from conftest import ROOT
-from densepred.config import load_params
+from densepred.params_loading import load_params
 from densepred.table_check import REFERENCE_MARGINS, check_report, margin_failures
 
 pytestmark = pytest.mark.slow

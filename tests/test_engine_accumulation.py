@@ -25,8 +25,8 @@ import pytest
 import torch
 
 import accumulation_worker as worker
-from densepred.config import load_params
 from densepred.engine.accumulation import BatchPlan, grouped, plan_batch
+from densepred.params_loading import load_params
 from engine_fixtures import (  # noqa: F401 (fixtures)
     assert_bitwise_equal,
     cli_env,

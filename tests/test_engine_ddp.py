@@ -23,7 +23,7 @@ import sys
 
 import pytest
 
-from densepred.config import load_params
+from densepred.params_loading import load_params
 from engine_fixtures import (  # noqa: F401 (fixtures)
     assert_bitwise_equal,
     cli_env,

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from densepred.config import load_params
 from densepred.engine.evaluate import count_cost, eigen_crop_applies, valid_parts
+from densepred.params_loading import load_params
 from engine_fixtures import (  # noqa: F401 (fixtures)
     evaluate,
     figures,

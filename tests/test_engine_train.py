@@ -11,9 +11,9 @@ import torch
 import yaml
 
 from densepred.cli import main
-from densepred.config import load_params
 from densepred.engine.checkpoint import load_checkpoint, save_checkpoint, weights_digest
 from densepred.engine.train import NonFiniteLossError
+from densepred.params_loading import load_params
 from engine_fixtures import (  # noqa: F401 (fixtures)
     PoisonAt,
     assert_bitwise_equal,

@@ -8,7 +8,7 @@ import tomllib
 import yaml
 
 from conftest import ROOT
-from densepred.config import SCHEMA_PATH, json_schema
+from densepred.params_schema import SCHEMA_PATH, json_schema
 
 
 def _pyproject_pins() -> list[str]:

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from conftest import PAPER
-from densepred.config import load_params
 from densepred.launch import node_argv, train_argv, train_resources
+from densepred.params_loading import load_params
 from densepred.pipeline import build_stages
 
 ARGV = ("densepred", "train", "--params", "p.yaml", "--job", "j", "--stage", "finetune", "--out", "o")

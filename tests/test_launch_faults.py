@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from densepred.config import load_params
 from densepred.launch import train_argv
+from densepred.params_loading import load_params
 from engine_fixtures import (  # noqa: F401 (fixtures)
     assert_bitwise_equal,
     cli_env,

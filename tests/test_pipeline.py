@@ -10,8 +10,8 @@ from pathlib import Path
 import yaml
 
 from conftest import PAPER, ROOT, SMOKE
-from densepred.config import load_params
 from densepred.dvc_stages import dvc_names, dvc_yaml
+from densepred.params_loading import load_params
 from densepred.pipeline import build_stages, config_overrides
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))

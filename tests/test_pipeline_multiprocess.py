@@ -22,8 +22,8 @@ import pytest
 import torch
 import yaml
 
-from densepred.config import load_params
 from densepred.dvc_stages import dvc_names
+from densepred.params_loading import load_params
 from densepred.pipeline import build_stages
 from engine_fixtures import load_weights, read_log
 from project_fixtures import make_project, run

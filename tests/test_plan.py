@@ -24,9 +24,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import ROOT, SMOKE
-from densepred.config import load_params
 from densepred.engine.build import build_model
 from densepred.engine.memory import GB, HEADROOM, trace_cost
+from densepred.params_loading import load_params
 from densepred.plan import make_plan
 from engine_fixtures import cli_env, no_tracking, start_cli, tiny_data, tiny_params_file  # noqa: F401
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conftest import ROOT
-from densepred.config import load_params
 from densepred.engine.checkpoint import CHECKPOINT_FORMAT, META_KEYS, init_identity, save_checkpoint
+from densepred.params_loading import load_params
 from densepred.pipeline import build_stages
 from densepred.records import (
     checkpoint_identity,
@@ -46,7 +46,7 @@ def test_checkpoint_meta_does_not_import_torch():
     """Nor does building the stages, which every Snakefile parse does."""
     code = (
         "import sys, densepred.records, densepred.pipeline\n"
-        "from densepred.config import load_params\n"
+        "from densepred.params_loading import load_params\n"
         "densepred.pipeline.build_stages(load_params('params/smoke.yaml'), 'params/smoke.yaml')\n"
         "print('torch' in sys.modules)"
     )

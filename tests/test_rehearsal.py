@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from conftest import PAPER, ROOT, write_params
-from densepred.config import load_params, read_profile, read_yaml
+from densepred.params_loading import load_params, read_profile, read_yaml
 from densepred.pipeline import config_overrides
 from project_fixtures import run
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PAPER, ROOT, SMOKE
-from densepred.config import load_params
+from densepred.params_loading import load_params
 from densepred.pipeline import build_stages
 from densepred.tables import write_html_table
 from project_fixtures import run

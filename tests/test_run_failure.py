@@ -10,7 +10,7 @@ import pytest
 
 from conftest import SMOKE
 from densepred import run_failure, tracking
-from densepred.config import load_params
+from densepred.params_loading import load_params
 from densepred.stage_run import StageRun
 
 DOWN = "http://127.0.0.1:9"  # the discard port: nothing listens there

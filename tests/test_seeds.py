@@ -16,9 +16,10 @@ from scipy import stats
 
 from conftest import SMOKE
 from densepred import cli
-from densepred.config import Params, ParamsError, load_params, validate
+from densepred.config import Params, ParamsError
 from densepred.dvc_stages import dvc_names, dvc_yaml
 from densepred.metrics import multitask_delta_m
+from densepred.params_loading import load_params, validate
 from densepred.paths import eval_path, figure7_eval_path, figures_dir, run_dir
 from densepred.pipeline import build_stages, config_overrides
 from densepred.seeds import spread, t_interval, welch

@@ -22,7 +22,7 @@ import yaml
 
 import slurm_cluster
 from conftest import PAPER, ROOT, SMOKE
-from densepred.config import load_params
+from densepred.params_loading import load_params
 from densepred.pipeline import build_stages
 from engine_fixtures import assert_bitwise_equal, load_weights
 from project_fixtures import TARGET, make_project, project_env, run

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from conftest import PAPER
-from densepred.config import Params, validate
+from densepred.config import Params
+from densepred.params_loading import validate
 from densepred.paths import eval_path, reference_path
 from densepred.tables import table2, write_tables
 

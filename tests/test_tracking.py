@@ -11,7 +11,7 @@ import pytest
 
 from conftest import SMOKE
 from densepred import tracking
-from densepred.config import load_params
+from densepred.params_loading import load_params
 from densepred.stage_run import StageRun
 
 JOB = "polymax_depth"

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from densepred.config import load_params
 from densepred.engine.train import NonFiniteLossError
+from densepred.params_loading import load_params
 from engine_fixtures import PoisonAt, evaluate, tiny_data, tiny_params_file, train  # noqa: F401 (fixtures)
 
 JOB = "stl_depth"

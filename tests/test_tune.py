@@ -19,7 +19,8 @@ from conftest import PAPER, write_params
 from densepred import ray_cluster, tune
 from densepred.ablations import ablation_table, write_ablation_tables
 from densepred.cli import main
-from densepred.config import ParamsError, SweepCfg, validate
+from densepred.config import ParamsError, SweepCfg
+from densepred.params_loading import validate
 from densepred.reported import ABLATIONS, reported_ablation
 
 

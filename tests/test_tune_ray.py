@@ -21,7 +21,7 @@ import pytest
 
 from conftest import ROOT, write_params
 from densepred import paths, ray_cluster, tune
-from densepred.config import load_params
+from densepred.params_loading import load_params
 
 pytestmark = pytest.mark.slow
 

@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from densepred import __version__, run_failure
-from densepred.config import Params, load_params
+from densepred.config import Params
 from densepred.errors import Stopped, stopped_by
 from densepred.io import DiskFullError, is_disk_full
+from densepred.params_loading import load_params
 from densepred.stage_run import StageRun
 
 # OSError covers the environment: a full disk, permissions, unreadable files.
@@ -217,7 +218,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 
 def cmd_schema(args: argparse.Namespace) -> None:
-    from densepred.config import SCHEMA_PATH, write_json_schema
+    from densepred.params_schema import SCHEMA_PATH, write_json_schema
 
     path = write_json_schema(Path(args.out) if args.out else SCHEMA_PATH)
     print(f"wrote {path}")
@@ -263,23 +264,28 @@ def _add_common(p: argparse.ArgumentParser, params: bool = True) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of `densepred` and its subcommands."""
-    parser = argparse.ArgumentParser(
-        prog="densepred",
-        description="Dense prediction experiment suite: PolyMaX, MQTransformer and DeepLabv3+ on "
-        "NYUD-v2 and Taskonomy. Each command is one pipeline stage.",
+Subcommands = argparse._SubParsersAction  # what `add_subparsers` returns
+
+
+def _add_command(
+    sub: Subcommands,
+    name: str,
+    func: Callable[[argparse.Namespace], None],
+    help_: str,
+    params: bool = True,
+) -> argparse.ArgumentParser:
+    """Subcommand `name` running `func`, with the options every command takes (`_add_common`)."""
+    p = sub.add_parser(name, help=help_, description=help_)
+    p.set_defaults(func=func)
+    _add_common(p, params=params)
+    return p
+
+
+def _add_data_commands(sub: Subcommands) -> None:
+    """`synth` and `prepare`: the raw datasets and their prepared shards."""
+    p = _add_command(
+        sub, "synth", cmd_synth, "Generate synthetic NYUD-v2 and Taskonomy in their real on-disk formats."
     )
-    parser.add_argument("--version", action="version", version=f"densepred {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def add(name: str, func: Callable[[argparse.Namespace], None], help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_)
-        p.set_defaults(func=func)
-        return p
-
-    p = add("synth", cmd_synth, "Generate synthetic NYUD-v2 and Taskonomy in their real on-disk formats.")
-    _add_common(p)
     p.add_argument("--dataset", choices=["nyud", "taskonomy"], help="generate only this dataset")
     p.add_argument(
         "--out",
@@ -287,21 +293,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="output folder: the dataset's raw root, or (no --dataset) nyud/ and taskonomy/",
     )
 
-    p = add("prepare", cmd_prepare, "Validate a raw dataset and convert it to prepared shards.")
-    _add_common(p)
+    p = _add_command(sub, "prepare", cmd_prepare, "Validate a raw dataset and convert it to prepared shards.")
     p.add_argument("--dataset", required=True, choices=["nyud", "taskonomy"])
     p.add_argument("--src", required=True, help="raw dataset root")
     p.add_argument("--out", required=True, help="prepared dataset folder (written atomically)")
 
-    p = add("train", cmd_train, "Train one job's stage (Taskonomy pretraining or NYUD-v2 finetuning).")
-    _add_common(p)
+
+def _add_model_commands(sub: Subcommands) -> None:
+    """`train`, `evaluate` and `reference`: the stages that train or score a predictor."""
+    p = _add_command(
+        sub, "train", cmd_train, "Train one job's stage (Taskonomy pretraining or NYUD-v2 finetuning)."
+    )
     p.add_argument("--job", required=True, help="job name under `jobs:` in the params file")
     p.add_argument("--stage", required=True, choices=["pretrain", "finetune"])
     p.add_argument("--init", help="checkpoint to initialise from (finetuning from pretraining)")
     p.add_argument("--out", required=True, help="run folder: checkpoints, resolved config, logs")
 
-    p = add("evaluate", cmd_evaluate, "Evaluate a checkpoint; writes metrics JSON and prediction figures.")
-    _add_common(p)
+    p = _add_command(
+        sub, "evaluate", cmd_evaluate, "Evaluate a checkpoint; writes metrics JSON and prediction figures."
+    )
     p.add_argument("--job", required=True)
     p.add_argument("--ckpt", required=True, help="checkpoint file")
     p.add_argument("--out", required=True, help="metrics JSON file; figures go beside it")
@@ -309,25 +319,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataset", choices=["nyud", "taskonomy"], help="dataset to evaluate on (default: the job's)"
     )
 
-    p = add(
-        "reference", cmd_reference, "Score the trivial predictor (training-split prior) by the jobs' meters."
+    p = _add_command(
+        sub,
+        "reference",
+        cmd_reference,
+        "Score the trivial predictor (training-split prior) by the jobs' meters.",
     )
-    _add_common(p)
     p.add_argument("--dataset", required=True, choices=["nyud", "taskonomy"])
     p.add_argument("--out", required=True, help="metrics JSON file")
 
-    p = add("check-table", cmd_check_table, "Compare a rebuilt results table with a committed one.")
-    _add_common(p, params=False)
+
+def _add_result_commands(sub: Subcommands) -> None:
+    """`check-table`, `tune`, `tables`, `check` and `compare`: the sweeps, the tables and the checks
+    of what they hold."""
+    p = _add_command(
+        sub,
+        "check-table",
+        cmd_check_table,
+        "Compare a rebuilt results table with a committed one.",
+        params=False,
+    )
     p.add_argument("built", help="the table just built, e.g. results/table2.csv after `make table2`")
     p.add_argument("committed", help="the reference, e.g. `git show HEAD:results/table2.csv > /tmp/t2.csv`")
 
-    p = add("tune", cmd_tune, "Run a Ray Tune ablation sweep declared under `sweeps:`.")
-    _add_common(p)
+    p = _add_command(sub, "tune", cmd_tune, "Run a Ray Tune ablation sweep declared under `sweeps:`.")
     p.add_argument("--sweep", required=True)
     p.add_argument("--out", required=True, help="sweep folder (Ray storage, summary CSV)")
 
-    p = add("tables", cmd_tables, "Build results tables and figures from evaluation outputs.")
-    _add_common(p)
+    p = _add_command(sub, "tables", cmd_tables, "Build results tables and figures from evaluation outputs.")
     p.add_argument("--out", required=True, help="results folder (table2.csv, table3.csv, ...)")
     p.add_argument("--runs", help="runs folder to read (default: paths.runs of the profile)")
     p.add_argument("--only", choices=["table2", "table3", "figure7", "ablations"], help="one table only")
@@ -337,48 +356,53 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write each table CSV as an HTML page, <out>/html/<table>.html (for the Snakemake report)",
     )
 
-    p = add(
+    _add_command(
+        sub,
         "check",
         cmd_check,
         "Check that every existing training, evaluation and table output was made under the stage's "
         "current settings (exit 2 naming each one that was not).",
     )
-    _add_common(p)
 
-    p = add(
+    p = _add_command(
+        sub,
         "compare",
         cmd_compare,
         "Say whether two jobs differ on a table column beyond seed noise (Welch's t-test over seeds).",
     )
-    _add_common(p)
     p.add_argument("--a", required=True, metavar="JOB", help="first job")
     p.add_argument("--b", required=True, metavar="JOB", help="second job")
     p.add_argument("--metric", required=True, metavar="COLUMN", help="table column, e.g. depth_rms")
     p.add_argument("--dataset", default="nyud", choices=["nyud", "taskonomy"])
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
 
-    p = add("dvc", cmd_dvc, "Write dvc.yaml from the pipeline definition (the Snakefile's stages).")
-    _add_common(p)
+
+def _add_tool_commands(sub: Subcommands) -> None:
+    """`dvc`, `sync-tracking`, `plan` and `schema`: the pipeline's files, MLflow uploads and planning."""
+    p = _add_command(
+        sub, "dvc", cmd_dvc, "Write dvc.yaml from the pipeline definition (the Snakefile's stages)."
+    )
     p.add_argument("--out", default="dvc.yaml", help="file to write (default dvc.yaml)")
 
-    p = add(
+    p = _add_command(
+        sub,
         "sync-tracking",
         cmd_sync_tracking,
         "Upload the MLflow records that runs kept in their folders while the tracking server was "
         "unreachable (*tracking_pending.jsonl), each exactly once, and remove them.",
+        params=False,
     )
-    _add_common(p, params=False)
     p.add_argument(
         "paths", nargs="*", default=["runs"], help="folders (or journal files) to search; default runs"
     )
 
-    p = add(
+    p = _add_command(
+        sub,
         "plan",
         cmd_plan,
         "Before launch: FLOPs, images, memory per GPU, the GPUs or accumulation that fit, and GPU-hours "
         "of the training stages a target needs.",
     )
-    _add_common(p)
     p.add_argument(
         "--target",
         nargs="+",
@@ -391,9 +415,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", help="write the plan as JSON here")
 
-    p = add("schema", cmd_schema, "Export the params JSON schema (for Snakemake's validate).")
-    _add_common(p, params=False)
+    p = _add_command(
+        sub, "schema", cmd_schema, "Export the params JSON schema (for Snakemake's validate).", params=False
+    )
     p.add_argument("--out", help="schema file (default workflow/schemas/params.schema.json)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `densepred` and its subcommands (listed in `densepred --help` in the
+    order they are added)."""
+    parser = argparse.ArgumentParser(
+        prog="densepred",
+        description="Dense prediction experiment suite: PolyMaX, MQTransformer and DeepLabv3+ on "
+        "NYUD-v2 and Taskonomy. Each command is one pipeline stage.",
+    )
+    parser.add_argument("--version", action="version", version=f"densepred {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_data_commands(sub)
+    _add_model_commands(sub)
+    _add_result_commands(sub)
+    _add_tool_commands(sub)
     return parser
 
 

@@ -20,6 +20,10 @@ trainer, the evaluation, the sweeps and the tables all ask this module.
     <results>/table2_runs.csv                              table 2 with one row per (job, seed)
     logs/<profile>/<stage>.log                             a pipeline stage's log
 
+Relative paths in a params file (`paths.runs`, `paths.results`, the datasets' folders) are relative
+to the directory a command runs in; `project_root` finds the project's own directory (where the
+default MLflow store is, whose git commit a run records, which the sweeps pass to their trials).
+
 A job that runs one seed (`seeds: [0]`, the smoke profile) keeps the folders and stage names above
 whatever its seed; only a job with several seeds gets a `seed<k>` folder per seed and a `_seed<k>`
 suffix on its stage names. The functions below take the seed and decide (`seeds_fanned_out`).
@@ -27,6 +31,7 @@ suffix on its stage names. The functions below take the seed and decide (`seeds_
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from densepred.config import Params
@@ -49,6 +54,18 @@ TRIAL_RESULT = "result.json"
 TRIAL_ATTEMPTS = "attempts.log"
 TRIAL_LOG = "log.txt"
 TRIAL_RUN_ID = "mlflow_run_id"
+
+
+def project_root() -> Path:
+    """The project root: DENSEPRED_ROOT, else the nearest parent with pyproject.toml, else the cwd."""
+    env = os.environ.get("DENSEPRED_ROOT")
+    if env:
+        return Path(env).resolve()
+    here = Path.cwd().resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "pyproject.toml").is_file() and (candidate / "params").is_dir():
+            return candidate
+    return here
 
 
 def seeds_fanned_out(params: Params, job: str) -> bool:

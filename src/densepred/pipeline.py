@@ -38,19 +38,18 @@ from pathlib import Path
 from typing import Any
 
 from densepred import paths
-from densepred.config import (
+from densepred.config import Params, RuntimeCfg
+from densepred.launch import train_argv as launch_argv
+from densepred.launch import train_resources, with_kernel_env
+from densepred.params_loading import (
     PRESET_KEY,
-    Params,
     ParamsFiles,
-    RuntimeCfg,
     merge_presets,
     profile_files,
     read_profile,
     validate,
     with_overrides,
 )
-from densepred.launch import train_argv as launch_argv
-from densepred.launch import train_resources, with_kernel_env
 from densepred.reference import reference_eval_settings, reference_tasks
 from densepred.stage import PRIORITY, Stage
 from densepred.stage_run import EVALUATE, TRAIN_STAGES, StageRun, chain_runs

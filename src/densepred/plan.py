@@ -29,9 +29,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from densepred.config import Params, ParamsFiles, load_params
+from densepred.config import Params
 from densepred.engine.accumulation import plan_batch
 from densepred.engine.memory import GB, trace_cost
+from densepred.params_loading import ParamsFiles, load_params
 from densepred.pipeline import build_stages
 from densepred.stage import Stage, upstream
 from densepred.stage_run import TRAIN_STAGES

@@ -17,8 +17,9 @@ from typing import Any
 
 import pandas as pd
 
-from densepred.config import Params, SweepCfg, apply_override, flatten_keys, validate
+from densepred.config import Params, SweepCfg
 from densepred.io import atomic_path
+from densepred.params_loading import apply_override, flatten_keys, validate
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 

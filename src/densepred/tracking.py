@@ -71,7 +71,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from densepred.config import JobCfg, Params, RuntimeCfg, TrackingCfg, flatten_keys, project_root
+from densepred.config import JobCfg, Params, RuntimeCfg, TrackingCfg
+from densepred.params_loading import flatten_keys
+from densepred.paths import project_root
 from densepred.run_failure import ERROR_TAG, note_failed
 from densepred.stage_run import StageRun
 

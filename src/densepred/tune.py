@@ -68,14 +68,9 @@ import pandas as pd
 from pydantic import BaseModel
 
 from densepred import paths
-from densepred.config import (
-    Params,
-    ParamsError,
-    SweepCfg,
-    project_root,
-)
+from densepred.config import Params, ParamsError, SweepCfg
 from densepred.io import atomic_write_text
-from densepred.paths import SWEEP_RAY, SWEEP_STATE, SWEEP_SUMMARY, SWEEP_TRIALS
+from densepred.paths import SWEEP_RAY, SWEEP_STATE, SWEEP_SUMMARY, SWEEP_TRIALS, project_root
 from densepred.ray_cluster import ENV_CPUS, ray_cpus, ray_session
 from densepred.stage_run import chain_runs
 from densepred.sweeps import Trial, expand_trials, read_summary, trial_params, value_text, write_summary

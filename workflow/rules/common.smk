@@ -7,7 +7,8 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from densepred.config import ParamsError, load_params, read_profile
+from densepred.config import ParamsError
+from densepred.params_loading import load_params, read_profile
 from densepred.dvc_stages import dvc_names
 from densepred.pipeline import build_stages, config_overrides
 from densepred.stage import RECORDED_KINDS, Command, upstream

@@ -13,7 +13,8 @@ from typing import Any
 import pydantic
 from torch import nn
 
-from densepred.config import DatasetCfg, JobCfg, ModelCfg, StageCfg
+from densepred.config import DatasetCfg, JobCfg, StageCfg
+from densepred.model_params import ModelCfg
 from densepred.stage_run import StageRun
 from densepred.tasks import dataset_info
 

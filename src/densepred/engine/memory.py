@@ -39,7 +39,8 @@ from typing import Any
 
 import torch
 
-from densepred.config import ModelCfg, RuntimeCfg
+from densepred.config import RuntimeCfg
+from densepred.model_params import ModelCfg
 
 GB = 1e9
 ACTIVATION_FACTOR = 1.35  # measured peak / traced saved activations (module docstring)

@@ -28,7 +28,6 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from densepred.config import PolyMaXCfg
 from densepred.losses.depth import (
     charbonnier,
     depth_valid_mask,
@@ -47,6 +46,7 @@ from densepred.losses.segmentation import (
     sampled_semantic_cross_entropy,
     semantic_targets,
 )
+from densepred.model_params import PolyMaXCfg
 from densepred.tasks import dataset_info
 
 SEMSEG_WEIGHTS = {"pq_class": 3.0, "pq_dice": 3.0, "mask_id": 0.3, "instance_disc": 1.0, "aux_semantic": 1.0}

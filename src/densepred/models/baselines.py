@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from densepred.config import BaselineCfg
+from densepred.model_params import BaselineCfg
 from densepred.models.heads import (
     AddFusion,
     ConcatFusion,

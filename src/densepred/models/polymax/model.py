@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from densepred.config import PolyMaXCfg
+from densepred.model_params import PolyMaXCfg
 from densepred.models.backbones import create_backbone
 from densepred.models.polymax.aux_semantic import AuxSemanticHead
 from densepred.models.polymax.heads import (
@@ -108,7 +108,7 @@ class PolyMaX(nn.Module):
         self.num_classes = int(num_classes)
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        # K's rule and default live in the params class (config.PolyMaXCfg), the model applies them.
+        # K's rule and default live in the params class (model_params.PolyMaXCfg), the model applies them.
         self.num_clusters = PolyMaXCfg.resolve_num_clusters(task, self.num_classes, num_clusters)
         if input_norm not in INPUT_NORMS:
             raise ValueError(f"input_norm must be one of {INPUT_NORMS}, got {input_norm!r}")
@@ -295,7 +295,7 @@ def create_polymax(
     Args:
         num_classes: semantic classes C (semseg forces K = C).
         num_clusters: K; default C for semseg, `PolyMaXCfg.DEFAULT_NUM_CLUSTERS` (16) for depth and
-            normals (config.PolyMaXCfg holds the rule and the default).
+            normals (model_params.PolyMaXCfg holds the rule and the default).
         max_depth: upper bound of the depth bins in metres (NYUD 10, Taskonomy 128).
         width_mult: scales pixel-decoder, transformer-decoder and head channels (1.0 = kMaX).
         decoder_layers: kMaX layers at strides 32/16/8; its length (1..3) is the number of scales.
