@@ -10,7 +10,7 @@ import pytest
 
 from conftest import SMOKE
 from densepred import paths
-from densepred.config import load_params
+from densepred.params_loading import load_params
 from densepred.pipeline import build_stages
 from densepred.stage_run import chain_runs
 

@@ -88,7 +88,7 @@ def _mlflow_runs(uri: str, experiment: str) -> list:
 SCRIPT = """
 import os, sys, time
 from pathlib import Path
-from densepred.config import load_params
+from densepred.params_loading import load_params
 from densepred.tune import run_sweep
 
 root = Path(sys.argv[1])
@@ -293,7 +293,7 @@ def test_real_smoke_pipeline_and_sweep_make_comparable_mlflow_runs(tmp_path, smo
 CLUSTER_SCRIPT = """
 import sys
 from pathlib import Path
-from densepred.config import load_params
+from densepred.params_loading import load_params
 from densepred.tune import run_sweep
 
 root = Path(sys.argv[1])
@@ -439,7 +439,7 @@ def test_unreachable_or_stale_ray_address_is_one_line_within_60_s(tmp_path, smok
 KILL_SCRIPT = """
 import sys, time
 from pathlib import Path
-from densepred.config import load_params
+from densepred.params_loading import load_params
 from densepred.tune import run_sweep
 
 root = Path(sys.argv[1])
