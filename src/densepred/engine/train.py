@@ -20,7 +20,8 @@ Outputs in the run folder `out/` (`run.out`):
                           logged; `densepred sync-tracking` (or the next run) uploads it
 
 Rerunning the same command resumes: with `final.pt` present nothing is done; with
-`checkpoints/last.pt` present training continues from it. The data order is a function of
+`checkpoints/last.pt` present training continues from it (`TrainState.load`, engine/train_state.py,
+which also holds the checkpoints' meta and the staleness rules). The data order is a function of
 (seed, step) (engine/sampler.py), the RNG states are restored, and the schedule is a function of
 the step, so on CPU the final weights are bitwise equal to those of an uninterrupted run.
 
