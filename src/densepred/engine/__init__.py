@@ -1,6 +1,7 @@
 """Training and evaluation engine.
 
 train.py        `densepred train`: one stage of one job; resumable, deterministic, DDP-ready
+train_state.py  a stage's checkpoint meta, staleness and resumability; TrainState (saved in last.pt)
 evaluate.py     `densepred evaluate`: metrics JSON, figures, cost figures, MLflow run
 build.py        model, criterion and datasets from a StageRun or from a checkpoint's meta
 checkpoint.py   atomic checkpoints, weights-only loading, RNG capture, `--init` with head reset

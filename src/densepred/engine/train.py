@@ -20,7 +20,8 @@ Outputs in the run folder `out/` (`run.out`):
                           logged; `densepred sync-tracking` (or the next run) uploads it
 
 Rerunning the same command resumes: with `final.pt` present nothing is done; with
-`checkpoints/last.pt` present training continues from it. The data order is a function of
+`checkpoints/last.pt` present training continues from it (`TrainState.load`, engine/train_state.py,
+which also holds the checkpoints' meta and the staleness rules). The data order is a function of
 (seed, step) (engine/sampler.py), the RNG states are restored, and the schedule is a function of
 the step, so on CPU the final weights are bitwise equal to those of an uninterrupted run.
 
@@ -55,12 +56,13 @@ which starts a stage as
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import signal
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,30 +81,20 @@ from densepred.engine.build import (
     build_model,
     build_train_dataset,
     collate_fn,
-    model_config_dict,
     prepared_root,
 )
-from densepred.engine.checkpoint import (
-    CHECKPOINT_FORMAT,
-    capture_rng,
-    init_identity,
-    load_checkpoint,
-    load_init_weights,
-    restore_rng,
-    save_checkpoint,
-    weights_digest,
-)
+from densepred.engine.checkpoint import load_init_weights
 from densepred.engine.distributed import DistEnv
 from densepred.engine.memory import preflight
 from densepred.engine.optim import build_optimizer, build_scheduler, current_lr, describe_groups
 from densepred.engine.progress import Progress
 from densepred.engine.runtime import autocast_context, job_settings, to_device, uses_channels_last
 from densepred.engine.sampler import StepSampler, StreamDataset
+from densepred.engine.train_state import TrainState, checkpoint_meta, discard_stale, read_resumable
 from densepred.engine.trainlog import TrainLog, Window
 from densepred.errors import Stopped
 from densepred.io import atomic_write_json, atomic_write_text
 from densepred.stage_run import StageRun
-from densepred.tasks import dataset_info
 
 
 class NonFiniteLossError(FloatingPointError, ValueError):
@@ -117,70 +109,6 @@ class TrainingInterrupted(Stopped):
 
 
 # -------------------------------------------------------------------------------------------- set-up
-
-
-def checkpoint_meta(run: StageRun) -> dict[str, Any]:
-    """What a checkpoint records about its run (enough to rebuild the model, and provenance).
-
-    `settings_hash` is the stage's fingerprint: its resolved identity (`StageRun.identity`) and the
-    identity of its --init weights (`checkpoint.init_identity`). A run folder whose checkpoints
-    carry another fingerprint is stale (its settings changed) and is retrained.
-    """
-    settings = run.train_settings
-    info = dataset_info(run.dataset)
-    return {
-        "job": run.job,
-        "stage": run.stage,
-        "model": model_config_dict(run.job_cfg.model),
-        "tasks": list(run.job_cfg.tasks),
-        "dataset": run.dataset,
-        "num_classes": info.num_classes,
-        "max_depth": info.max_depth,
-        "profile": run.profile,
-        "seed": run.seed,
-        "iterations": settings.iterations,
-        "batch_size": settings.batch_size,
-        "init": str(run.init) if run.init else None,
-        "settings_hash": run.fingerprint(init_identity(run.init) if run.init else None),
-        "identity": run.identity(),  # what settings_hash hashes, so a difference can be named (records.py)
-        "git_commit": tracking.git_commit(),
-    }
-
-
-# Keys that must agree between a run folder's checkpoint and the command resuming it.
-RESUME_KEYS = ("job", "stage", "model", "tasks", "dataset", "seed", "iterations", "batch_size")
-# Keys naming what a run folder is for: a mismatch means the wrong folder, never reused or replaced.
-OWNER_KEYS = ("job", "stage")
-
-
-def check_resumable(ckpt_meta: Mapping[str, Any], meta: Mapping[str, Any], path: Path) -> None:
-    """Refuse to resume from a checkpoint of a different run (another job, model, seed, schedule...)."""
-    diffs = [k for k in RESUME_KEYS if ckpt_meta.get(k) != meta.get(k)]
-    if diffs:
-        detail = "; ".join(f"{k}: checkpoint {ckpt_meta.get(k)!r} vs now {meta.get(k)!r}" for k in diffs)
-        raise ValueError(
-            f"{path} belongs to a different run ({detail}); use another --out folder or delete it"
-        )
-
-
-def is_stale(ckpt_meta: Mapping[str, Any], meta: Mapping[str, Any], path: Path) -> bool:
-    """True when `path` is this job's and stage's checkpoint but from other settings (edited params,
-    new --init weights), so it must be retrained; raises when it belongs to another job or stage."""
-    wrong = [k for k in OWNER_KEYS if ckpt_meta.get(k) != meta.get(k)]
-    if wrong:
-        detail = "; ".join(f"{k}: checkpoint {ckpt_meta.get(k)!r} vs now {meta.get(k)!r}" for k in wrong)
-        raise ValueError(f"{path} belongs to another run ({detail}); use another --out folder")
-    return ckpt_meta.get("settings_hash") != meta.get("settings_hash")
-
-
-def discard_stale(run: StageRun, meta: Mapping[str, Any]) -> None:
-    """Remove final.pt / last.pt written under other settings, so the stage is retrained from scratch.
-
-    Snakemake deletes a stale final.pt itself, DVC (persist: true) does not; neither knows last.pt."""
-    for path in (paths.final_checkpoint(run.out), paths.last_checkpoint(run.out)):
-        if path.exists() and is_stale(load_checkpoint(path, mmap=True)["meta"], meta, path):
-            print(f"[{run.job}/{run.stage}] {path} was written with other settings: retraining", flush=True)
-            path.unlink()
 
 
 def resolved_config(run: StageRun, env: DistEnv) -> dict[str, Any]:
@@ -230,81 +158,89 @@ class StopFlag:
 # ------------------------------------------------------------------------------------------- training
 
 
+@dataclass(frozen=True)
+class LoopSettings:
+    """What the loop reads of the stage's settings and runtime, resolved once by `of`."""
+
+    iterations: int
+    log_every: int
+    checkpoint_every: int
+    grad_clip: float | None
+    plan: BatchPlan  # global batch = micro-batch x accumulation steps x world size
+    channels_last: bool
+    autocast: Callable[[], contextlib.AbstractContextManager]  # bf16 on CUDA with runtime.amp
+
+    @classmethod
+    def of(cls, run: StageRun, env: DistEnv, plan: BatchPlan) -> LoopSettings:
+        settings = run.train_settings
+        return cls(
+            iterations=settings.iterations,
+            log_every=settings.log_every,
+            checkpoint_every=settings.checkpoint_every,
+            grad_clip=settings.grad_clip,
+            plan=plan,
+            channels_last=uses_channels_last(run.runtime, env.device),
+            autocast=functools.partial(autocast_context, run.runtime, env.device),
+        )
+
+
+@dataclass(frozen=True)
+class TrainOutputs:
+    """The files the loop writes in the run folder (densepred.paths)."""
+
+    last: Path  # checkpoints/last.pt
+    final: Path  # final.pt
+    train_log: Path  # train_log.csv
+    keep_last: bool  # runtime.keep_last_checkpoint: last.pt stays beside final.pt
+
+    @classmethod
+    def of(cls, run: StageRun) -> TrainOutputs:
+        return cls(
+            last=paths.last_checkpoint(run.out),
+            final=paths.final_checkpoint(run.out),
+            train_log=paths.train_log(run.out),
+            keep_last=run.runtime.keep_last_checkpoint,
+        )
+
+
 @dataclass
 class Trainer:
-    """Everything one training stage holds: its `StageRun` and the objects built from it; `run_loop`
-    trains from `step` to the stage's iterations."""
+    """One training stage's loop: the objects built for it, its resolved settings and outputs, the
+    checkpoint meta and the `TrainState`; `run_loop` trains from `state.step` to the iterations."""
 
-    run: StageRun
+    settings: LoopSettings
+    outputs: TrainOutputs
+    meta: dict[str, Any]  # the checkpoints' meta (`checkpoint_meta`)
     env: DistEnv
-    model: nn.Module  # possibly compiled and DDP-wrapped
-    raw_model: nn.Module  # the plain module whose state_dict is saved
+    model: nn.Module  # possibly compiled and DDP-wrapped around `state.model`
     criterion: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
     loader: DataLoader
-    meta: dict[str, Any]
-    step: int
-    plan: BatchPlan  # global batch = micro-batch x accumulation steps x world size
+    state: TrainState
     tracker: tracking.NullRun = field(default_factory=tracking.NullRun)  # the MLflow run
     progress: Progress | None = None
     last_lr: float = 0.0  # the learning rate the latest step used
-    window: Window = field(default_factory=Window)  # loss sums since the last log row
     weights_digest: str = ""  # of final.pt's weights, once written (rank 0)
-
-    @property
-    def last_path(self) -> Path:
-        return paths.last_checkpoint(self.run.out)
 
     def save_last(self) -> None:
         """Write the resumable checkpoint (rank 0), then wait for it on every rank."""
-        window = self.window.state(self.env)
-        if self.env.is_main:
-            run_info = {"run_id": self.tracker.run_id} if self.tracker.run_id else {}
-            save_checkpoint(
-                self.last_path,
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "kind": "last",
-                    "step": self.step,
-                    "model": self.raw_model.state_dict(),
-                    "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(),
-                    "rng": capture_rng(),
-                    "meta": self.meta,
-                    "tracking": run_info,
-                    "log_window": window,
-                },
-            )
+        self.state.save_last(self.outputs.last, self.meta, self.env)
         dist_utils.barrier(self.env)
 
     def save_final(self) -> Path:
-        """Write final.pt (rank 0) with the digest of its weights in the meta (the --init identity of
-        a stage started from it), then wait for it on every rank."""
-        path = paths.final_checkpoint(self.run.out)
+        """Write final.pt (rank 0), then wait for it on every rank."""
         if self.env.is_main:
-            state = self.raw_model.state_dict()
-            self.weights_digest = weights_digest(state)
-            payload = {
-                "format": CHECKPOINT_FORMAT,
-                "kind": "final",
-                "step": self.step,
-                "model": state,
-                "meta": {**self.meta, "weights_digest": self.weights_digest},
-            }
-            save_checkpoint(path, payload)
-            if not self.run.runtime.keep_last_checkpoint:
+            self.weights_digest = self.state.save_final(self.outputs.final, self.meta)
+            if not self.outputs.keep_last:
                 # final.pt is the stage's output and a finished stage never resumes, so the resumable
                 # checkpoint (weights + optimiser state, 3x final.pt with AdamW) is only disk use
-                self.last_path.unlink(missing_ok=True)
+                self.outputs.last.unlink(missing_ok=True)
         dist_utils.barrier(self.env)
-        return path
+        return self.outputs.final
 
     def micro_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Forward one micro-batch and return its loss terms (engine/accumulation.py calls backward)."""
-        runtime = self.run.runtime
-        batch = to_device(batch, self.env.device, uses_channels_last(runtime, self.env.device))
-        with autocast_context(runtime, self.env.device):
+        batch = to_device(batch, self.env.device, self.settings.channels_last)
+        with self.settings.autocast():
             outputs = self.model(batch["image"])
         return self.criterion(outputs, batch)
 
@@ -312,57 +248,58 @@ class Trainer:
         """One optimiser step over the step's micro-batches (gradient accumulation, see
         engine/accumulation.py); returns the loss terms (means over the micro-batches) as floats and
         the gradient norm. A non-finite term stops before the optimiser step."""
-        settings = self.run.train_settings
-        self.optimizer.zero_grad(set_to_none=True)
+        state = self.state
+        state.optimizer.zero_grad(set_to_none=True)
         losses = accumulate_gradients(self.model, micro_batches, self.micro_losses)
-        values = check_finite_losses(self.env, losses, self.step + 1)
-        max_norm = settings.grad_clip if settings.grad_clip is not None else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), max_norm))
+        values = check_finite_losses(self.env, losses, state.step + 1)
+        max_norm = self.settings.grad_clip if self.settings.grad_clip is not None else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(state.model.parameters(), max_norm))
         if not math.isfinite(grad_norm):
             raise NonFiniteLossError(
-                f"step {self.step + 1}: gradient norm is {grad_norm} although every loss term is finite "
-                f"({_format_terms(values)}); the last good checkpoint is {self.last_path}"
+                f"step {state.step + 1}: gradient norm is {grad_norm} although every loss term is finite "
+                f"({_format_terms(values)}); the last good checkpoint is {self.outputs.last}"
             )
-        self.last_lr = current_lr(self.optimizer)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.step += 1
+        self.last_lr = current_lr(state.optimizer)
+        state.optimizer.step()
+        state.scheduler.step()
+        state.step += 1
         return values, grad_norm
 
     def run_loop(self, stop: StopFlag) -> None:
-        settings = self.run.train_settings
-        log = TrainLog(paths.train_log(self.run.out))
+        settings, state = self.settings, self.state
+        log = TrainLog(self.outputs.train_log)
+        state.begin()
         self.model.train()
-        for micro_batches in grouped(self.loader, self.plan.accumulation):
+        for micro_batches in grouped(self.loader, settings.plan.accumulation):
             values, grad_norm = self.train_step(micro_batches)
-            self.window.add(values, grad_norm)
-            if self.step % settings.log_every == 0 or self.step == settings.iterations:
-                self._log(log, self.window)
-                self.window = Window()
+            state.window.add(values, grad_norm)
+            if state.step % settings.log_every == 0 or state.step == settings.iterations:
+                self._log(log, state.window)
+                state.window = Window()
             stopping = dist_utils.any_rank(self.env, stop.received)
-            if stopping or (self.step % settings.checkpoint_every == 0 and self.step < settings.iterations):
+            if stopping or (state.step % settings.checkpoint_every == 0 and state.step < settings.iterations):
                 self.save_last()
             if stopping:
                 raise TrainingInterrupted(
                     signal.SIGTERM,
-                    f"stopped by SIGTERM at step {self.step}; checkpoint saved at {self.last_path}; "
+                    f"stopped by SIGTERM at step {state.step}; checkpoint saved at {self.outputs.last}; "
                     "rerun the same command to resume",
                 )
-        if self.step != settings.iterations:
-            raise RuntimeError(f"data loader stopped at step {self.step} of {settings.iterations}")
+        if state.step != settings.iterations:
+            raise RuntimeError(f"data loader stopped at step {state.step} of {settings.iterations}")
 
     def _log(self, log: TrainLog, window: Window) -> None:
         means = window.means(self.env)
         elapsed = time.perf_counter() - window.t0
-        images_per_s = window.steps * self.run.train_settings.batch_size / max(elapsed, 1e-9)
-        lr = self.last_lr
-        row = {"step": self.step, "lr": lr, "images_per_s": images_per_s, "grad_norm": means.pop("grad_norm")}
+        images_per_s = window.steps * self.settings.plan.global_batch / max(elapsed, 1e-9)
+        lr, step = self.last_lr, self.state.step
+        row = {"step": step, "lr": lr, "images_per_s": images_per_s, "grad_norm": means.pop("grad_norm")}
         row.update({k: means[k] for k in sorted(means, key=lambda k: (k != "total", k))})
         if self.env.is_main:
             log.append(row)
-            self.tracker.log_metrics({k: float(v) for k, v in row.items() if k != "step"}, step=self.step)
+            self.tracker.log_metrics({k: float(v) for k, v in row.items() if k != "step"}, step=step)
         if self.progress is not None:
-            self.progress.update(self.step, means.get("total", float("nan")), lr, images_per_s)
+            self.progress.update(step, means.get("total", float("nan")), lr, images_per_s)
 
 
 def check_finite_losses(env: DistEnv, losses: Mapping[str, torch.Tensor], step: int) -> dict[str, float]:
@@ -423,66 +360,14 @@ def _train(run: StageRun, meta: dict[str, Any], env: DistEnv) -> Path:
     progress = Progress(
         settings.iterations, 0, f"{run.job}/{run.stage}", every=settings.log_every, enabled=env.is_main
     )
-    plan = run.batch_plan(env.world_size)
-    check_launch_matches(run, plan, env.world_size)
-    progress.write(plan.describe())
-    fits = preflight(run, env.device, plan.micro_batch, plan.global_batch)  # before any step
-    if fits:
-        progress.write(fits)
-    last_path = paths.last_checkpoint(out)
-    resume = load_checkpoint(last_path) if last_path.exists() else None
-    if resume is not None:
-        check_resumable(resume["meta"], meta, last_path)
-
-    dataset = build_train_dataset(run)
-    model = build_model(run.job_cfg.model, list(run.job_cfg.tasks), run.dataset)
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        progress.write(f"resuming from {last_path} at step {resume['step']}")
-    elif run.init is not None:
-        report = load_init_weights(model, run.init)
-        progress.write(report.summary())
-        if env.is_main:
-            atomic_write_json(paths.init_report(out), report.to_dict())
-    model = prepare_model(model, run.runtime, env)
-    optimizer = build_optimizer(model, settings.optimizer)
-    scheduler = build_scheduler(optimizer, settings.schedule, settings.iterations)
-    step = 0
-    if resume is not None:
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        step = int(resume["step"])
-    for line in describe_groups(optimizer):
-        progress.write(line)
-    criterion = build_criterion(run.job_cfg, settings).to(env.device)
-    loader = build_loader(dataset, run, env, step, plan)
-    wrapped = wrap_model(model, run.runtime, env)
-    if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(paths.config_file(out), yaml.safe_dump(resolved_config(run, env)))
-        TrainLog(paths.train_log(out)).truncate_after(step)
-    progress.start = step
-    trainer = Trainer(
-        run=run,
-        env=env,
-        model=wrapped,
-        raw_model=model,
-        criterion=criterion,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        loader=loader,
-        meta=meta,
-        step=step,
-        plan=plan,
-        progress=progress,
-        window=Window.restore((resume or {}).get("log_window"), env),
-    )
+    trainer = build_trainer(run, meta, env, progress)
     uri = tracking.tracking_uri(run.tracking)
-    run_id = (resume or {}).get("tracking", {}).get("run_id") or _previous_run_id(out, meta, uri)
+    run_id = trainer.state.run_id or _previous_run_id(out, meta, uri)
     subject = tracking.RunSubject.of_stage(run)
     journal = paths.tracking_journal(out)
     with tracking.start_run(subject, "train", journal=journal, run_id=run_id, enabled=env.is_main) as tracker:
         trainer.tracker = tracker
+        trainer.state.run_id = tracker.run_id
         if env.is_main and tracker.run_id:
             record = {"run_id": tracker.run_id, "uri": uri, "settings_hash": meta["settings_hash"]}
             atomic_write_json(paths.tracking_record(out), record)
@@ -490,8 +375,6 @@ def _train(run: StageRun, meta: dict[str, Any], env: DistEnv) -> Path:
             tracker.log_input(
                 tracking.prepared_dataset(run.dataset, prepared_root(run.data, run.dataset), "train")
             )
-        if resume is not None:
-            restore_rng(resume["rng"])
         with StopFlag().installed() as stop:
             try:
                 trainer.run_loop(stop)
@@ -504,6 +387,64 @@ def _train(run: StageRun, meta: dict[str, Any], env: DistEnv) -> Path:
         tracker.set_tags({"weights_digest": trainer.weights_digest})
     progress.write(f"wrote {final}")
     return final
+
+
+def build_trainer(run: StageRun, meta: dict[str, Any], env: DistEnv, progress: Progress) -> Trainer:
+    """Everything the loop needs, resolved from `run` once: the batch plan (checked against the
+    launch and the memory), the state (fresh, from --init, or resumed from last.pt), the criterion,
+    the loader from the state's step; writes config.yaml and cuts train_log.csv back to that step."""
+    plan = run.batch_plan(env.world_size)
+    check_launch_matches(run, plan, env.world_size)
+    progress.write(plan.describe())
+    fits = preflight(run, env.device, plan.micro_batch, plan.global_batch)  # before any step
+    if fits:
+        progress.write(fits)
+    outputs = TrainOutputs.of(run)
+    resume = read_resumable(outputs.last, meta)
+    dataset = build_train_dataset(run)
+    state = initial_state(run, env, resume, progress)
+    for line in describe_groups(state.optimizer):
+        progress.write(line)
+    criterion = build_criterion(run.job_cfg, run.train_settings).to(env.device)
+    loader = build_loader(dataset, run, env, state.step, plan)
+    wrapped = wrap_model(state.model, run.runtime, env)
+    if env.is_main:
+        run.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(paths.config_file(run.out), yaml.safe_dump(resolved_config(run, env)))
+        TrainLog(outputs.train_log).truncate_after(state.step)
+    progress.start = state.step
+    return Trainer(
+        settings=LoopSettings.of(run, env, plan),
+        outputs=outputs,
+        meta=meta,
+        env=env,
+        model=wrapped,
+        criterion=criterion,
+        loader=loader,
+        state=state,
+        progress=progress,
+    )
+
+
+def initial_state(
+    run: StageRun, env: DistEnv, resume: Mapping[str, Any] | None, progress: Progress
+) -> TrainState:
+    """The model (on its device, --init weights loaded into a fresh run), optimiser and schedule,
+    continued from the resumable checkpoint `resume` when there is one."""
+    settings = run.train_settings
+    model = build_model(run.job_cfg.model, list(run.job_cfg.tasks), run.dataset)
+    if resume is None and run.init is not None:
+        report = load_init_weights(model, run.init)
+        progress.write(report.summary())
+        if env.is_main:
+            atomic_write_json(paths.init_report(run.out), report.to_dict())
+    model = prepare_model(model, run.runtime, env)
+    optimizer = build_optimizer(model, settings.optimizer)
+    state = TrainState(model, optimizer, build_scheduler(optimizer, settings.schedule, settings.iterations))
+    if resume is not None:
+        state.load(resume, env)
+        progress.write(f"resuming from {paths.last_checkpoint(run.out)} at step {state.step}")
+    return state
 
 
 def _previous_run_id(out: Path, meta: Mapping[str, Any], uri: str) -> str | None:
