@@ -63,29 +63,12 @@ class Run(Protocol):
         ...
 
 
-class DisabledRun:
-    """A run that records nothing (tracking off, or a DDP rank other than 0)."""
+class DisabledRun(Run):
+    """A run that records nothing (tracking off, or a DDP rank other than 0): its methods are the
+    protocol's own, which do nothing."""
 
     run_id: str | None = None
     journal_path: Path | None = None
-
-    def log_params(self, params: Mapping[str, str]) -> None:
-        """Do nothing."""
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Do nothing."""
-
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        """Do nothing."""
-
-    def log_input(self, dataset: DatasetRecord) -> None:
-        """Do nothing."""
-
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        """Do nothing."""
-
-    def set_terminated(self, status: str = "FINISHED") -> None:
-        """Do nothing."""
 
 
 def _finite(value: Any) -> bool:
