@@ -46,7 +46,7 @@ def time_ray(cpus: int) -> dict[str, float]:
     }
 
 
-def _noop_trial(params, job, out):
+def _noop_trial(params, job, out, nesting):
     return {"depth_eigen/rms": 1.0}
 
 

@@ -69,7 +69,7 @@ def test_off_switch_imports_nothing_and_writes_nothing(monkeypatch, tmp_path):
     monkeypatch.setenv("DENSEPRED_TRACKING", "off")
     uri = f"sqlite:///{tmp_path}/off.db"
     with tracking.start_run(subject(params_for(uri), "finetune"), "train") as run:
-        assert isinstance(run, tracking.NullRun) and run.run_id is None
+        assert isinstance(run, tracking.DisabledRun) and run.run_id is None
         run.log_metrics({"x": 1.0}, step=1)
     assert not (tmp_path / "off.db").exists()
 
@@ -124,6 +124,24 @@ def test_failure_marks_run_failed_and_reopen_continues_it(monkeypatch, shared_ur
     assert client.get_run(run.run_id).info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.run_id, "loss")] == [1, 2]
     assert len(client.search_runs([client.get_experiment_by_name("reopen").experiment_id])) == 1
+
+
+def test_nesting_places_a_run_under_its_parent(monkeypatch, shared_uri):
+    """A run started with `nesting` (a sweep trial's stage) is a child of the trial's run carrying the
+    trial's tags; one started without is a top-level pipeline run."""
+    monkeypatch.setenv("DENSEPRED_TRACKING", "on")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = params_for(shared_uri, "nesting")
+    with tracking.start_run(subject(params, "finetune"), "train") as parent:
+        pass
+    nesting = tracking.Nesting(parent.run_id, {"sweep": "k", "variant": "v"})
+    with tracking.start_run(subject(params, "finetune"), "train", nesting=nesting) as child:
+        pass
+    client = client_for(shared_uri)
+    top, nested = (client.get_run(r.run_id).data.tags for r in (parent, child))
+    assert top["origin"] == "pipeline" and "mlflow.parentRunId" not in top
+    assert nested["origin"] == "sweep" and nested["mlflow.parentRunId"] == parent.run_id
+    assert nested["sweep"] == "k" and nested["variant"] == "v" and nested["kind"] == "train"
 
 
 def test_experiments_open_on_the_runs_table(monkeypatch, shared_uri):

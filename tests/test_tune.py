@@ -22,6 +22,7 @@ from densepred.cli import main
 from densepred.config import ParamsError, SweepCfg
 from densepred.params_loading import validate
 from densepred.reported import ABLATIONS, reported_ablation
+from densepred.tracking import Nesting
 
 
 def _sweep(**kw) -> SweepCfg:
@@ -225,8 +226,9 @@ def test_run_trial_records_result_and_never_reruns_a_finished_trial(tmp_path, sm
     monkeypatch.setenv("DENSEPRED_TRACKING", "off")
     calls = []
 
-    def trial_fn(params, job, out):
+    def trial_fn(params, job, out, nesting):
         calls.append((params.jobs[job].model.num_clusters, out))
+        assert nesting == Nesting(None, {"sweep": "s", "variant": "num_clusters_16", "table": "ablation_k"})
         return {"depth_eigen/rms": 0.5, "meta": {"x": 1}, "flag": True, "missing": None, "n": 3}
 
     plan = _plan(tmp_path, smoke, trial_fn)
@@ -242,7 +244,7 @@ def test_run_trial_records_result_and_never_reruns_a_finished_trial(tmp_path, sm
 def test_run_trial_failure_leaves_no_result(tmp_path, smoke, monkeypatch):
     monkeypatch.setenv("DENSEPRED_TRACKING", "off")
 
-    def trial_fn(params, job, out):
+    def trial_fn(params, job, out, nesting):
         raise RuntimeError("diverged")
 
     plan = _plan(tmp_path, smoke, trial_fn)
@@ -272,14 +274,17 @@ def test_error_message_unwraps_to_the_root_cause():
 
 
 def test_run_job_chain_trains_stages_in_order_and_evaluates_the_last(tmp_path, smoke, monkeypatch):
-    calls = []
+    calls, nestings = [], []
+    placed = Nesting("trial-run", {"sweep": "k", "variant": "v"})
 
-    def train_job(run):
+    def train_job(run, *, nesting):
+        nestings.append(nesting)
         assert run.job_cfg == smoke.jobs[run.job] and run.train_settings == getattr(run.job_cfg, run.stage)
         calls.append(("train", run.stage, run.out, run.init))
         return run.out / "final.pt"
 
-    def evaluate_job(run):
+    def evaluate_job(run, *, nesting):
+        nestings.append(nesting)
         assert run.stage == "evaluate" and run.dataset == "nyud"
         calls.append(("evaluate", run.init, run.out))
         run.out.write_text(json.dumps({"depth_eigen/rms": 0.4}))
@@ -289,7 +294,8 @@ def test_run_job_chain_trains_stages_in_order_and_evaluates_the_last(tmp_path, s
     monkeypatch.setitem(
         sys.modules, "densepred.engine.evaluate", types.SimpleNamespace(evaluate_job=evaluate_job)
     )
-    metrics = tune.run_job_chain(smoke, "polymax_depth", tmp_path)
+    metrics = tune.run_job_chain(smoke, "polymax_depth", tmp_path, placed)
+    assert nestings == [placed] * 3  # every stage's run is placed under the trial's
     assert calls == [
         ("train", "pretrain", tmp_path / "pretrain", None),
         ("train", "finetune", tmp_path / "finetune", tmp_path / "pretrain/final.pt"),

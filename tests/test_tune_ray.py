@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 def _counting_trial(markers: Path, fail_for: int):
     """A trial that writes a marker per start, raises for K == fail_for, and returns rms = 1/K."""
 
-    def trial(params, job, out):  # defined in a function so Ray pickles it by value
+    def trial(params, job, out, nesting):  # defined in a function so Ray pickles it by value
         with open(markers / f"{out.name}.started", "a") as log:
             log.write("x\n")
         k = params.jobs[job].model.num_clusters
@@ -93,7 +93,7 @@ from densepred.tune import run_sweep
 
 root = Path(sys.argv[1])
 
-def trial(params, job, out):
+def trial(params, job, out, nesting):
     with open(root / "markers" / f"{out.name}.started", "a") as log:
         log.write(f"{os.getpid()}\\n")
     if out.name == "b":  # slow until the test releases it
@@ -298,7 +298,7 @@ from densepred.tune import run_sweep
 
 root = Path(sys.argv[1])
 
-def trial(params, job, out):
+def trial(params, job, out, nesting):
     import ray
     return {"depth_eigen/rms": 1.0 / params.jobs[job].model.num_clusters, "node": 1.0}
 
@@ -444,7 +444,7 @@ from densepred.tune import run_sweep
 
 root = Path(sys.argv[1])
 
-def trial(params, job, out):
+def trial(params, job, out, nesting):
     (root / "markers").mkdir(exist_ok=True)
     (root / "markers" / out.name).touch()
     while not (root / "release").exists():

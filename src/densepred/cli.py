@@ -40,6 +40,7 @@ from densepred.errors import Stopped, stopped_by
 from densepred.io import DiskFullError, is_disk_full
 from densepred.params_loading import load_params
 from densepred.stage_run import StageRun
+from densepred.tracking import missing_http_defaults
 
 # OSError covers the environment: a full disk, permissions, unreadable files.
 USER_ERRORS = (ValueError, KeyError, OSError)
@@ -479,9 +480,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `densepred` console script; returns the exit status.
 
     The one line printed for a failure is also recorded, with the command's log, on the MLflow runs
-    that failed in it (run_failure.py).
+    that failed in it (run_failure.py). MLflow reads the bounds of its calls to a tracking server only
+    from the process environment, so the command's defaults for them are set there
+    (`tracking.HTTP_DEFAULTS`; a variable the user set wins).
     """
     args = build_parser().parse_args(argv)
+    os.environ.update(missing_http_defaults(os.environ))
     debug = args.debug or bool(os.environ.get("DENSEPRED_DEBUG"))
     with run_failure.watch() as watch:
         try:

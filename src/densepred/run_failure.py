@@ -4,7 +4,7 @@ A command that fails prints one line (`densepred train: error: corrupt shard ...
 `densepred.cli.main`). The MLflow runs it opened and that ended FAILED or KILLED in this process get
 that exact line as the tag `densepred.error` (a bug: the last line of its traceback) and the
 command's log as the artifact `stage.log`, so a reader of the runs table sees the cause, not just
-the status. A resumed run that then finishes loses the tag again (`tracking._reopen`).
+the status. A resumed run that then finishes loses the tag again (`tracking.start._reopen`).
 
 The log: when the command's stderr is a regular file, as under Snakemake (`> {log} 2>&1`), SLURM or
 a user's redirection, that file is the log (found through /proc/self/fd/2, Linux);
@@ -119,12 +119,11 @@ class Watch:
 def _kept_copy(run: Any, log: Path) -> Path:
     """`log` itself for a run written to the store now; for a run kept in its journal (the store is
     unreachable) a copy in a folder beside the journal, which the journal's later upload reads."""
-    # tracking's runs: an OfflineRun writes its journal; an MlflowRun does once its store failed (its
-    # `offline` is then set). No import of tracking, which imports this module.
-    journaled = getattr(run, "offline", run)
-    if journaled is None:
+    # A `tracking.Run` names its journal while it writes one. No import of tracking, which imports
+    # this module.
+    journal = run.journal_path
+    if journal is None:
         return log
-    journal = journaled.journal.path
     keep = journal.parent / f".{journal.stem}-{run.run_id}" / LOG_ARTIFACT
     keep.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(log, keep)

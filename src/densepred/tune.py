@@ -74,16 +74,18 @@ from densepred.paths import SWEEP_RAY, SWEEP_STATE, SWEEP_SUMMARY, SWEEP_TRIALS,
 from densepred.ray_cluster import ENV_CPUS, ray_cpus, ray_session
 from densepred.stage_run import chain_runs
 from densepred.sweeps import Trial, expand_trials, read_summary, trial_params, value_text, write_summary
-from densepred.tracking import nested_under
+from densepred.tracking import HTTP_DEFAULTS, Nesting
 
 ENV_STORAGE = "DENSEPRED_RAY_STORAGE"
-PASSED_ENV = ("DENSEPRED_TRACKING", "DENSEPRED_DEBUG")  # forwarded to the trials when set
+# Forwarded to the trials when set (the MLflow HTTP bounds: densepred.cli.main sets them).
+PASSED_ENV = ("DENSEPRED_TRACKING", "DENSEPRED_DEBUG", *HTTP_DEFAULTS)
 STATE_SYNC_S = 10  # copy Ray's experiment state to the storage path at most this stale (Ray: 300 s)
 SUMMARY_COLUMNS = ["variant", "status", "attempts", "error"]
 MAX_ERROR_CHARS = 500
 
-TrialFn = Callable[[Params, str, Path], Mapping[str, Any]]
-"""A trial: (trial params, job name, trial folder) -> flat metrics. The default is `run_job_chain`."""
+TrialFn = Callable[[Params, str, Path, Nesting | None], Mapping[str, Any]]
+"""A trial: (trial params, job name, trial folder, where its stage runs sit in MLflow) -> flat metrics.
+The default is `run_job_chain`."""
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -131,14 +133,15 @@ def fingerprint(params: Params, sweep: SweepCfg, trials: Mapping[str, Params]) -
 # -------------------------------------------------------------------------------------- the real trial
 
 
-def run_job_chain(params: Params, job: str, out: Path) -> dict[str, Any]:
+def run_job_chain(params: Params, job: str, out: Path, nesting: Nesting | None = None) -> dict[str, Any]:
     """Run a job's chain into `out`: pretrain (if any) -> finetune from it (if any) -> evaluate.
 
     The stages are those of the pipeline's chain (`stage_run.chain_runs`; stage folders and file
     names from densepred.paths), the evaluation written to `metrics.json`. A retried or resumed
     trial continues where it stopped: `train_job` does nothing for a stage whose `final.pt` exists
     and resumes from its `checkpoints/last.pt`, and an existing `metrics.json` (written last,
-    atomically, by `evaluate_job`) is reused. Returns the flat metrics.
+    atomically, by `evaluate_job`) is reused. Returns the flat metrics. `nesting` places the
+    stages' MLflow runs under the trial's run.
     """
     from densepred.engine.evaluate import evaluate_job
     from densepred.engine.train import train_job
@@ -148,10 +151,10 @@ def run_job_chain(params: Params, job: str, out: Path) -> dict[str, Any]:
         raise ValueError(f"jobs.{job}: nothing to train (no pretrain or finetune stage)")
     *stages, evaluation = runs
     for run in stages:
-        train_job(run)
+        train_job(run, nesting=nesting)
     if evaluation.out.is_file():
         return json.loads(evaluation.out.read_text())
-    return dict(evaluate_job(evaluation))
+    return dict(evaluate_job(evaluation, nesting=nesting))
 
 
 # ----------------------------------------------------------------------------------------- the sweep
@@ -186,7 +189,8 @@ def run_sweep(
 ) -> pd.DataFrame:
     """Run (or resume) the sweep `sweep` of `params` into `out`; returns the summary DataFrame.
 
-    `trial_fn` replaces the real job chain (`run_job_chain`), e.g. by a cheap function in tests.
+    `trial_fn` replaces the real job chain (`run_job_chain`, same arguments), e.g. by a cheap
+    function in tests.
     `num_cpus` sizes a local Ray instance (default: DENSEPRED_RAY_CPUS, else all cores).
     `storage_path` is Ray Tune's storage (default: DENSEPRED_RAY_STORAGE, else `out/ray`); a URI
     (s3://, gs://) is kept as is. `retry_errored=True` reruns trials that failed for good in an
@@ -381,9 +385,9 @@ def run_trial(plan: _Plan, variant: str) -> dict[str, float]:
         contextlib.redirect_stdout(log),
         contextlib.redirect_stderr(log),
         _trial_run(plan, variant, params, folder) as run,
-        nested_under(run.run_id, {"sweep": plan.sweep, "variant": variant, "table": plan.table}),
     ):
-        metrics = numeric_metrics(plan.trial_fn(params, plan.job, folder), variant)
+        nesting = Nesting(run.run_id, {"sweep": plan.sweep, "variant": variant, "table": plan.table})
+        metrics = numeric_metrics(plan.trial_fn(params, plan.job, folder, nesting), variant)
         run.log_metrics(metrics)
     record = {"variant": variant, "overrides": plan.trials[variant].overrides, "metrics": metrics}
     atomic_write_text(done, json.dumps(record, indent=2, sort_keys=True) + "\n")

@@ -240,20 +240,23 @@ def write_figures(
     return [folder / name for name in names]
 
 
-def evaluate_job(run: StageRun) -> dict[str, Any]:
+def evaluate_job(run: StageRun, *, nesting: tracking.Nesting | None = None) -> dict[str, Any]:
     """Evaluate checkpoint `run.init` of job `run.job` on `run.dataset`; write the metrics JSON
-    `run.out` and the figures beside it; return the metrics dict."""
+    `run.out` and the figures beside it; return the metrics dict. `nesting` places the MLflow run
+    under a sweep trial's run (tune.py's `run_trial`)."""
     if run.init is None:
         raise ValueError(f"{run.job}/evaluate: no checkpoint to evaluate")
     env = dist_utils.setup(run.runtime.device)
     try:
         with job_settings(run.runtime, env.device, run.seed):
-            return _evaluate(run, run.init, env)
+            return _evaluate(run, run.init, env, nesting)
     finally:
         dist_utils.teardown(env)
 
 
-def _evaluate(run: StageRun, ckpt_path: Path, env: DistEnv) -> dict[str, Any]:
+def _evaluate(
+    run: StageRun, ckpt_path: Path, env: DistEnv, nesting: tracking.Nesting | None
+) -> dict[str, Any]:
     ds_name = run.dataset
     ckpt = load_checkpoint(ckpt_path)
     check_compatible(ckpt["meta"], list(run.job_cfg.tasks), run.job, ds_name, ckpt_path)
@@ -265,7 +268,7 @@ def _evaluate(run: StageRun, ckpt_path: Path, env: DistEnv) -> dict[str, Any]:
         raise ValueError(f"{ds_name} split {run.eval_settings.split!r} has no images to evaluate")
     journal = paths.eval_tracking_journal(run.out)
     with tracking.start_run(
-        tracking.RunSubject.of_stage(run), "evaluate", journal=journal, enabled=env.is_main
+        tracking.RunSubject.of_stage(run), "evaluate", journal=journal, enabled=env.is_main, nesting=nesting
     ) as tracker:
         tracker.set_tags(checkpoint_tags(meta, ckpt_path, ds_name))
         tracker.log_input(tracking.prepared_dataset(ds_name, prepared_root(run.data, ds_name), "evaluation"))
@@ -293,7 +296,7 @@ def _evaluate_checkpoint(
     ckpt_path: Path,
     weights: str,
     env: DistEnv,
-    tracker: tracking.NullRun,
+    tracker: tracking.Run,
 ) -> dict[str, Any]:
     settings, ds_name, out_json = run.eval_settings, run.dataset, run.out
     model = model.to(env.device).eval()

@@ -216,7 +216,7 @@ class Trainer:
     criterion: nn.Module
     loader: DataLoader
     state: TrainState
-    tracker: tracking.NullRun = field(default_factory=tracking.NullRun)  # the MLflow run
+    tracker: tracking.Run = field(default_factory=tracking.DisabledRun)  # the MLflow run
     progress: Progress | None = None
     last_lr: float = 0.0  # the learning rate the latest step used
     weights_digest: str = ""  # of final.pt's weights, once written (rank 0)
@@ -329,12 +329,13 @@ def _format_terms(terms: Mapping[str, float]) -> str:
 # ---------------------------------------------------------------------------------------- train_job
 
 
-def train_job(run: StageRun) -> Path:
+def train_job(run: StageRun, *, nesting: tracking.Nesting | None = None) -> Path:
     """Train the stage `run` (StageRun.train) into its run folder `run.out`; returns its final.pt.
 
     Resumes from `checkpoints/last.pt` when present; does nothing when `final.pt` exists with the
     same fingerprint. `run.init` (a checkpoint, e.g. the pretraining's final.pt) initialises the
     model weights of a fresh run; shape-mismatched tensors are re-initialised (`load_init_weights`).
+    `nesting` places the stage's MLflow run under a sweep trial's run (tune.py's `run_trial`).
     """
     if run.init is not None and not run.init.is_file():
         raise FileNotFoundError(f"--init checkpoint not found: {run.init}")
@@ -350,12 +351,12 @@ def train_job(run: StageRun) -> Path:
     env = dist_utils.setup(run.runtime.device)
     try:
         with job_settings(run.runtime, env.device, run.seed):
-            return _train(run, meta, env)
+            return _train(run, meta, env, nesting)
     finally:
         dist_utils.teardown(env)
 
 
-def _train(run: StageRun, meta: dict[str, Any], env: DistEnv) -> Path:
+def _train(run: StageRun, meta: dict[str, Any], env: DistEnv, nesting: tracking.Nesting | None) -> Path:
     settings, out = run.train_settings, run.out
     progress = Progress(
         settings.iterations, 0, f"{run.job}/{run.stage}", every=settings.log_every, enabled=env.is_main
@@ -365,7 +366,9 @@ def _train(run: StageRun, meta: dict[str, Any], env: DistEnv) -> Path:
     run_id = trainer.state.run_id or _previous_run_id(out, meta, uri)
     subject = tracking.RunSubject.of_stage(run)
     journal = paths.tracking_journal(out)
-    with tracking.start_run(subject, "train", journal=journal, run_id=run_id, enabled=env.is_main) as tracker:
+    with tracking.start_run(
+        subject, "train", journal=journal, run_id=run_id, enabled=env.is_main, nesting=nesting
+    ) as tracker:
         trainer.tracker = tracker
         trainer.state.run_id = tracker.run_id
         if env.is_main and tracker.run_id:
