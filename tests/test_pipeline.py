@@ -12,7 +12,8 @@ import yaml
 from conftest import PAPER, ROOT, SMOKE
 from densepred.dvc_stages import dvc_names, dvc_yaml
 from densepred.params_loading import load_params
-from densepred.pipeline import build_stages, config_overrides
+from densepred.pipeline import build_stages
+from densepred.snakemake_hooks import config_overrides
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 

@@ -27,7 +27,7 @@ import yaml
 
 from conftest import PAPER, ROOT, write_params
 from densepred.params_loading import load_params, read_profile, read_yaml
-from densepred.pipeline import config_overrides
+from densepred.snakemake_hooks import config_overrides
 from project_fixtures import run
 
 REHEARSE = ROOT / "params" / "rehearse.yaml"

@@ -21,8 +21,9 @@ from densepred.dvc_stages import dvc_names, dvc_yaml
 from densepred.metrics import multitask_delta_m
 from densepred.params_loading import load_params, validate
 from densepred.paths import eval_path, figure7_eval_path, figures_dir, run_dir
-from densepred.pipeline import build_stages, config_overrides
+from densepred.pipeline import build_stages
 from densepred.seeds import spread, t_interval, welch
+from densepred.snakemake_hooks import config_overrides
 from densepred.tables import compare, plot_figure7, table2, write_tables
 from test_tables import TASK_METRICS, write_reference
 

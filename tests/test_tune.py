@@ -194,6 +194,18 @@ def test_worker_env_carries_absolute_locations(smoke, monkeypatch, tmp_path):
     assert env["DENSEPRED_TRACKING"] == "on"
 
 
+def test_worker_env_bounds_tracking_server_calls_unless_the_user_set_them(smoke, monkeypatch):
+    """Trials run in Ray workers, not under `densepred.cli.main`: the sweep hands them the bounds on
+    MLflow's HTTP calls (tracking.HTTP_DEFAULTS), a value set in the driver's environment winning."""
+    from densepred.tracking import HTTP_DEFAULTS
+
+    for key in HTTP_DEFAULTS:
+        monkeypatch.delenv(key, raising=False)
+    assert {k: tune._worker_env(smoke)[k] for k in HTTP_DEFAULTS} == dict(HTTP_DEFAULTS)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "99")
+    assert tune._worker_env(smoke)["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "99"
+
+
 def test_check_resources_refuses_a_trial_bigger_than_the_cluster(monkeypatch):
     ray = pytest.importorskip("ray")
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})

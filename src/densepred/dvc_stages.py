@@ -70,9 +70,9 @@ def _template(st: Stage, entry: dict[str, Any]) -> tuple[str, dict[str, Any], di
     """(group name, entry with the job as `${key}` and the preset as `${item.preset}`, item) for a
     train or evaluate stage; None for the others."""
     job = stage_job(st)
-    if job is None or st.kind not in _GROUPED_KINDS:
+    if job is None or not st.group:
         return None
-    name = re.sub(rf"_{re.escape(job)}(?![A-Za-z0-9])", "", st.name, count=1)
+    name = st.group
     body = _substitute(entry, re.compile(rf"(?<![A-Za-z0-9]){re.escape(job)}(?![A-Za-z0-9])"), KEY)
     item: dict[str, str] = {}
     for block in body.get("params", []):

@@ -174,6 +174,11 @@ def sweep_ray_storage(sweep_folder: Path) -> Path:
     return Path(sweep_folder) / SWEEP_RAY
 
 
+def sweep_summary(sweep_folder: Path) -> Path:
+    """The per-trial summary CSV in a sweep's folder."""
+    return Path(sweep_folder) / SWEEP_SUMMARY
+
+
 def sweep_trials_dir(sweep_folder: Path) -> Path:
     """The folder holding one folder per trial of a sweep."""
     return Path(sweep_folder) / SWEEP_TRIALS
@@ -255,8 +260,8 @@ def sweep_dir(params: Params, sweep: str) -> Path:
 
 
 def sweep_summary_path(params: Params, sweep: str) -> str:
-    """The summary CSV a sweep writes."""
-    return str(sweep_dir(params, sweep) / SWEEP_SUMMARY)
+    """The summary CSV a sweep of the profile writes."""
+    return str(sweep_summary(sweep_dir(params, sweep)))
 
 
 def table_path(params: Params, name: str, suffix: str = ".csv") -> str:

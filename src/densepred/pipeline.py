@@ -13,8 +13,9 @@ settings whose change must rerun them:
 * `param_keys`: the keys of the params file those settings come from (the job's keys and the preset
   its stage starts from), which dvc.yaml lists as the stage's `params`.
 
-One function per phase: `data_stages`, `reference_stages`, `training_chain` and `evaluation_stage`
-(composed per job and seed by `job_stages`), `figure7_stages`, `sweep_stages`, `table_stages`.
+One function per phase: `data_stages`, `reference_stages`, `job_stages` (per job and seed,
+`chain_stages`: a `training_stage` per training run of `stage_run.chain_runs`, then an
+`evaluation_stage`), `figure7_stages`, `sweep_stages`, `table_stages`.
 
 Seeds: a job that runs several seeds (`seeds:`, or `jobs.<job>.seeds`) has its whole chain (pretrain
 -> finetune -> evaluate, and its Fig. 7 chains) once per seed, each stage named with a `_seed<k>`
@@ -58,8 +59,12 @@ from densepred.sweeps import expand_trials
 # The kinds of stage whose numbers depend on the CPU kernels (`runtime.cpu_kernels`, launch.py).
 _KERNEL_KINDS = ("train", "evaluate", "tune", "reference")
 # The variable a kind's rule sets to its threads: torch's CPU threads, or the CPUs of a sweep's Ray.
-_THREAD_ENV = {"train": "OMP_NUM_THREADS", "evaluate": "OMP_NUM_THREADS", "reference": "OMP_NUM_THREADS"}
-_THREAD_ENV["tune"] = "DENSEPRED_RAY_CPUS"
+_THREAD_ENV = {
+    "train": "OMP_NUM_THREADS",
+    "evaluate": "OMP_NUM_THREADS",
+    "reference": "OMP_NUM_THREADS",
+    "tune": "DENSEPRED_RAY_CPUS",
+}
 
 _MISSING = object()
 
@@ -170,7 +175,6 @@ class Chain:
     job: str
     seed: int
     run_dir: Path
-    tag: str  # the job's part of the stage names (`<job>` or `<job>_frac<pct>`)
     sets: tuple[str, ...]  # the chain's own overrides (its seed, its pretraining fraction)
     fraction: float | None = None
 
@@ -178,6 +182,17 @@ class Chain:
     def skip_pretrain(self) -> bool:
         """Fig. 7's 0 % point starts finetuning from scratch."""
         return self.fraction == 0.0
+
+    @property
+    def variant(self) -> str:
+        """The chain's part of its stage names besides the job: `_frac<pct>` on a Fig. 7 chain."""
+        return "" if self.fraction is None else f"_frac{paths.fraction_tag(self.fraction)}"
+
+    def names(self, params: Params, head: str, tail: str = "") -> tuple[str, str]:
+        """A chain stage's name (`<head>_<job><variant><tail><seed suffix>`) and its group, the same
+        without the job."""
+        rest = f"{self.variant}{tail}{paths.stage_suffix(params, self.job, self.seed)}"
+        return f"{head}_{self.job}{rest}", f"{head}{rest}"
 
 
 def seed_sets(params: Params, job: str, seed: int) -> tuple[str, ...]:
@@ -298,8 +313,9 @@ def training_stage(pf: Profile, params: Params, chain: Chain, run: StageRun) -> 
     """One training stage of a chain: `densepred train` of `run` (its folder, its --init)."""
     init = str(run.init) if run.init else None
     threads, resources = train_resources(params.runtime)
+    name, group = chain.names(pf.params, run.stage)
     return pf.stage(
-        f"{run.stage}_{chain.tag}{paths.stage_suffix(pf.params, chain.job, chain.seed)}",
+        name,
         "train",
         [
             "train",
@@ -323,6 +339,7 @@ def training_stage(pf: Profile, params: Params, chain: Chain, run: StageRun) -> 
         plots=((str(paths.train_log(run.out)), "step", "total"),),
         init=init,
         train_stage=run.stage,
+        group=group,
         **_chain_fields(chain, run.dataset),
     )
 
@@ -343,8 +360,9 @@ def evaluation_stage(
     keys = [f"jobs.{chain.job}.evaluate", *pf.preset_keys(chain.job, "evaluate")]
     own = run.dataset == params.jobs[chain.job].evaluate.dataset
     rt = pf.params.runtime
+    name, group = chain.names(pf.params, "evaluate", f"_{run.dataset}")
     return pf.stage(
-        f"evaluate_{chain.tag}_{run.dataset}{paths.stage_suffix(pf.params, chain.job, chain.seed)}",
+        name,
         "evaluate",
         [
             "evaluate",
@@ -367,6 +385,7 @@ def evaluation_stage(
         resources={"mem_mb": rt.mem_mb, "gpu": min(rt.gpus_per_job, 1)},  # one process: one GPU at most
         metrics=(out,),
         feeds=feeds,
+        group=group,
         **_chain_fields(chain, run.dataset),
     )
 
@@ -380,7 +399,7 @@ def job_stages(pf: Profile) -> list[Stage]:
     stages: list[Stage] = []
     for job, cfg in p.jobs.items():
         for seed in p.job_seeds(job):
-            chain = Chain(job, seed, paths.run_dir(p, job, seed), job, seed_sets(p, job, seed))
+            chain = Chain(job, seed, paths.run_dir(p, job, seed), seed_sets(p, job, seed))
             dataset = cfg.evaluate.dataset
             feeds = _main_eval_feeds(dataset, job in figure7_jobs)
             main = Evaluation(dataset, paths.eval_path(p, job, dataset, seed), feeds)
@@ -419,8 +438,7 @@ def figure7_stages(pf: Profile) -> list[Stage]:
             frac_sets = () if fraction == 0.0 else (f"jobs.{job}.pretrain.fraction={fraction}",)
             for seed in p.job_seeds(job):
                 run_dir = paths.figure7_run_dir(p, job, fraction, seed)
-                tag = f"{job}_frac{paths.fraction_tag(fraction)}"
-                chain = Chain(job, seed, run_dir, tag, (*frac_sets, *seed_sets(p, job, seed)), fraction)
+                chain = Chain(job, seed, run_dir, (*frac_sets, *seed_sets(p, job, seed)), fraction)
                 out = paths.figure7_eval_path(p, job, fraction, seed)
                 stages += chain_stages(pf, chain, Evaluation("nyud", out, ("figure7",)))
     return stages
@@ -500,8 +518,12 @@ def table_stages(pf: Profile, stages: list[Stage]) -> list[Stage]:
 
 
 # the params-file keys each table is keyed on (besides every job's seeds)
-_TABLE_KEYS = {"table2": ["profile", "jobs"], "table3": ["profile", "jobs"], "figure7": ["figure7"]}
-_TABLE_KEYS["ablations"] = ["sweeps"]
+_TABLE_KEYS = {
+    "table2": ["profile", "jobs"],
+    "table3": ["profile", "jobs"],
+    "figure7": ["figure7"],
+    "ablations": ["sweeps"],
+}
 
 
 def _table_stage(pf: Profile, name: str, deps: list[str], outs: list[str], **fields: Any) -> Stage:
@@ -536,33 +558,6 @@ def _table_stage(pf: Profile, name: str, deps: list[str], outs: list[str], **fie
 def _with_overrides(tree: dict[str, Any], sets: tuple[str, ...], source: str) -> Params:
     """The profile with a chain's own overrides (Fig. 7's pretraining fraction) applied."""
     return validate(with_overrides(tree, sets, f"{source} "), source)
-
-
-def config_overrides(config: dict[str, Any], file_tree: dict[str, Any], prefix: str = "") -> list[str]:
-    """Snakemake's `--config` as `--set` overrides: one `dotted.key=value` for every leaf of
-    Snakemake's `config` that differs from the params file's tree. Snakemake merges a nested
-    `--config 'jobs={stl_depth: {finetune: {iterations: 20}}}'` into the file's tree key by key, so
-    this yields exactly `jobs.stl_depth.finetune.iterations=20`, applied to every stage like `--set`.
-    (Snakemake's own parser rejects dotted keys such as `--config jobs.stl_depth.x=1`.)"""
-    overrides = []
-    for key, value in config.items():
-        theirs = file_tree.get(key) if isinstance(file_tree, dict) else None
-        if isinstance(value, dict) and isinstance(theirs, dict):
-            overrides += config_overrides(value, theirs, f"{prefix}{key}.")
-        elif key not in file_tree or theirs != value:
-            overrides.append(f"{prefix}{key}={_yaml_text(value)}")
-    return overrides
-
-
-def _yaml_text(value: Any) -> str:
-    """A `--config` value as the text of a `--set` value. Snakemake hands nested values and list
-    items over as strings: they are passed on unquoted, to be parsed as YAML exactly like a --set
-    value ("20" -> 20, `seeds=[0, 1]` -> [0, 1] rather than ["0", "1"])."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        return "[" + ", ".join(_yaml_text(v) for v in value) + "]"
-    return json.dumps(value)
 
 
 def figure8_job(params: Params) -> str | None:

@@ -29,13 +29,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from densepred import paths
 from densepred.config import Params
 from densepred.engine.accumulation import plan_batch
 from densepred.engine.memory import GB, trace_cost
 from densepred.params_loading import ParamsFiles, load_params
 from densepred.pipeline import build_stages
 from densepred.stage import Stage, upstream
-from densepred.stage_run import TRAIN_STAGES
+from densepred.stage_run import chain_runs
 from densepred.sweeps import expand_trials, trial_params
 
 DEFAULT_MFU = 0.35  # a typical eager bf16 training MFU for convolutional/windowed models at this size
@@ -174,12 +175,12 @@ def rows_of(stage: Stage, params: Params, gpu_mem_gb: float, speed: Throughput) 
         return []
     sweep = params.sweeps[stage.sweep]
     rows = []
+    trials_dir = paths.sweep_trials_dir(paths.sweep_dir(params, stage.sweep))
     for trial in expand_trials(sweep, stage.sweep):
         tp = trial_params(params, sweep.job, trial)
-        for kind in TRAIN_STAGES:
-            if getattr(tp.job(sweep.job), kind) is not None:  # a trial is one process (tune.py)
-                label = f"{stage.name}/{trial.variant}/{kind}"
-                rows.append(stage_plan(tp, label, sweep.job, kind, gpu_mem_gb, speed, 1))
+        for run in chain_runs(tp, sweep.job, trials_dir / trial.variant):  # one process each (tune.py)
+            label = f"{stage.name}/{trial.variant}/{run.stage}"
+            rows.append(stage_plan(tp, label, sweep.job, run.stage, gpu_mem_gb, speed, 1))
     return rows
 
 

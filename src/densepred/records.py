@@ -43,7 +43,7 @@ RECORD_FORMAT = "densepred-record/1"
 
 
 class StageLike(Protocol):
-    """What the checks need of a pipeline stage (pipeline.Stage)."""
+    """What the checks need of a pipeline stage (stage.Stage)."""
 
     name: str
     kind: str

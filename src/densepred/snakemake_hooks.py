@@ -16,10 +16,14 @@ working). A cluster job step (`--target-jobs`) runs exactly the job it was sent 
 Stages whose outputs agree with their records but were rewritten by another tool after Snakemake's
 last run of them have their benchmark record moved aside (`set_aside_outdated_benchmarks`), which
 Snakemake would otherwise take as the outputs' age.
+
+Snakemake's `--config` reaches the stages as `--set` overrides (`config_overrides`), so both ways of
+overriding a setting plan and run the same stages.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Iterable
@@ -102,3 +106,30 @@ def rerun_stale(workflow: Any, stages: list[StageLike]) -> None:
         return prepare_dag(*args, **kwargs)
 
     workflow._prepare_dag = prepare_dag_with_stale
+
+
+def config_overrides(config: dict[str, Any], file_tree: dict[str, Any], prefix: str = "") -> list[str]:
+    """Snakemake's `--config` as `--set` overrides: one `dotted.key=value` for every leaf of
+    Snakemake's `config` that differs from the params file's tree. Snakemake merges a nested
+    `--config 'jobs={stl_depth: {finetune: {iterations: 20}}}'` into the file's tree key by key, so
+    this yields exactly `jobs.stl_depth.finetune.iterations=20`, applied to every stage like `--set`.
+    (Snakemake's own parser rejects dotted keys such as `--config jobs.stl_depth.x=1`.)"""
+    overrides = []
+    for key, value in config.items():
+        theirs = file_tree.get(key) if isinstance(file_tree, dict) else None
+        if isinstance(value, dict) and isinstance(theirs, dict):
+            overrides += config_overrides(value, theirs, f"{prefix}{key}.")
+        elif key not in file_tree or theirs != value:
+            overrides.append(f"{prefix}{key}={_yaml_text(value)}")
+    return overrides
+
+
+def _yaml_text(value: Any) -> str:
+    """A `--config` value as the text of a `--set` value. Snakemake hands nested values and list
+    items over as strings: they are passed on unquoted, to be parsed as YAML exactly like a --set
+    value ("20" -> 20, `seeds=[0, 1]` -> [0, 1] rather than ["0", "1"])."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "[" + ", ".join(_yaml_text(v) for v in value) + "]"
+    return json.dumps(value)

@@ -46,6 +46,7 @@ _SOURCES = {
     "tune": [
         "src/densepred/tune.py",
         "src/densepred/sweeps.py",
+        "src/densepred/stage_run.py",
         "src/densepred/engine",
         "src/densepred/models",
         "src/densepred/losses",
@@ -125,6 +126,9 @@ class Stage:
     table: str | None = None  # the table a tables stage builds (one of TABLES)
     thread_env: str = ""  # the environment variable the rule sets to its threads, if any
     local: bool = False  # a Snakemake local rule (never submitted to a cluster)
+    # the name without its job: stages of one group differ only in their job (dvc.yaml writes them
+    # as one `foreach` stage, dvc_stages.py); "" for stages that run no job's chain
+    group: str = ""
 
     @property
     def command(self) -> str:

@@ -41,8 +41,10 @@ Fault tolerance, in two layers:
 Where Ray runs (ray_cluster.py, `ray_session`): `RAY_ADDRESS` joins an existing cluster (then `out/`
 and the storage path must be on shared storage); otherwise a local Ray instance is started with
 `num_cpus` CPUs and shut down at the end. Trials never depend on the working directory: every path
-in the trial params is made absolute, and `RAY_CHDIR_TO_TRIAL_DIR=0`, `DENSEPRED_ROOT` and the
-absolute `MLFLOW_TRACKING_URI` are passed to the workers with `runtime_env`.
+in the trial params is made absolute, and `RAY_CHDIR_TO_TRIAL_DIR=0`, `DENSEPRED_ROOT`, the
+absolute `MLFLOW_TRACKING_URI`, the bounds on calls to a tracking server (`tracking.HTTP_DEFAULTS`,
+unless the driver's environment sets them) and `PASSED_ENV` are passed to the workers with
+`runtime_env`.
 
 MLflow (through `densepred.tracking`): a sweep-level parent run (kind `sweep`, top level), one run
 per trial (kind `trial`, tagged `sweep`, `table`, `variant` and `mlflow.parentRunId`), reopened on
@@ -74,7 +76,7 @@ from densepred.paths import SWEEP_RAY, SWEEP_STATE, SWEEP_SUMMARY, SWEEP_TRIALS,
 from densepred.ray_cluster import ENV_CPUS, ray_cpus, ray_session
 from densepred.stage_run import chain_runs
 from densepred.sweeps import Trial, expand_trials, read_summary, trial_params, value_text, write_summary
-from densepred.tracking import HTTP_DEFAULTS, Nesting
+from densepred.tracking import HTTP_DEFAULTS, Nesting, missing_http_defaults
 
 ENV_STORAGE = "DENSEPRED_RAY_STORAGE"
 # Forwarded to the trials when set (the MLflow HTTP bounds: densepred.cli.main sets them).
@@ -235,9 +237,9 @@ def run_sweep(
                 f"sweep {sweep!r} stopped with unfinished trials {list(frame['variant'][interrupted])}; "
                 f"rerun the same command to resume from {storage}/{plan.experiment}"
             )
-        write_summary(frame, out / SWEEP_SUMMARY)
+        write_summary(frame, paths.sweep_summary(out))
     ok = int(frame["status"].eq("ok").sum())
-    print(f"[tune {sweep}] {ok}/{len(frame)} trials ok -> {out / SWEEP_SUMMARY}", flush=True)
+    print(f"[tune {sweep}] {ok}/{len(frame)} trials ok -> {paths.sweep_summary(out)}", flush=True)
     return frame
 
 
@@ -307,6 +309,7 @@ def _worker_env(params: Params) -> dict[str, str]:
     env = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "DENSEPRED_ROOT": str(project_root())}
     if tracking_enabled():
         env["MLFLOW_TRACKING_URI"] = tracking_uri(params.tracking)
+    env.update(missing_http_defaults(os.environ))  # the trials' bounds on tracking-server calls
     env.update({k: os.environ[k] for k in PASSED_ENV if k in os.environ})
     return env
 
@@ -426,8 +429,8 @@ def _parent_run(
             atomic_write_text(paths.sweep_state(out), json.dumps(state, indent=2, sort_keys=True) + "\n")
         run.set_tags({"sweep": sweep, "table": cfg.table})
         yield run.run_id
-        if (out / SWEEP_SUMMARY).is_file():
-            run.log_artifact(out / SWEEP_SUMMARY)
+        if paths.sweep_summary(out).is_file():
+            run.log_artifact(paths.sweep_summary(out))
 
 
 @contextlib.contextmanager
@@ -440,13 +443,11 @@ def _trial_run(plan: _Plan, variant: str, params: Params, folder: Path) -> Itera
     name = f"{plan.sweep}-{variant}"
     subject = RunSubject.of_job(params, plan.job)
     journal = paths.tracking_journal(folder)
-    with start_run(subject, "trial", journal=journal, run_id=run_id, run_name=name) as run:
+    nesting = Nesting(plan.parent_run_id, {"sweep": plan.sweep, "table": plan.table, "variant": variant})
+    with start_run(subject, "trial", journal=journal, run_id=run_id, run_name=name, nesting=nesting) as run:
         if run.run_id and run.run_id != run_id:
             atomic_write_text(id_file, run.run_id + "\n")
-        tags = {"sweep": plan.sweep, "table": plan.table, "variant": variant, "origin": "sweep"}
-        if plan.parent_run_id:
-            tags["mlflow.parentRunId"] = plan.parent_run_id
-        run.set_tags(tags)
+        run.set_tags(nesting.run_tags())  # a reopened run (a retried trial) keeps them too
         run.log_params({f"override.{k}": value_text(v) for k, v in plan.trials[variant].overrides.items()})
         yield run
 

@@ -1,5 +1,5 @@
 # Loads and validates the params profile (with Snakemake's --config applied like --set), and builds
-# the stage list every rule file wires.
+# the stage list that stages.smk turns into rules.
 import os
 import subprocess
 import sys
@@ -10,10 +10,10 @@ from snakemake.utils import validate
 from densepred.config import ParamsError
 from densepred.params_loading import load_params, read_profile
 from densepred.dvc_stages import dvc_names
-from densepred.pipeline import build_stages, config_overrides
+from densepred.pipeline import build_stages
 from densepred.stage import RECORDED_KINDS, Command, upstream
 from densepred.records import stale_stages
-from densepred.snakemake_hooks import rerun_stale
+from densepred.snakemake_hooks import config_overrides, rerun_stale
 
 # `--configfile PROFILE [OVERRIDE_SET ...]`: the first file is the profile, any further ones are override
 # sets merged over it in order (params/rehearse.yaml); every stage's command gets the same files

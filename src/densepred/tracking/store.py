@@ -20,7 +20,9 @@ still reports "database is locked".
 
 Calls to a server: MLflow reads its HTTP timeout and retries from the process environment at every
 request and offers no other way to set them, so the bounds (`HTTP_DEFAULTS`) are put there by the
-command-line entry point (`densepred.cli.main`, through `missing_http_defaults`), not by this package.
+command-line entry point (`densepred.cli.main`, through `missing_http_defaults`) and handed to a
+sweep's Ray workers (tune.py), not by this package: Python code that calls `start_run` directly
+against a server sets them itself, or gets MLflow's much longer defaults.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from densepred.config import TrackingCfg
@@ -46,14 +49,16 @@ SQLITE_PREFIX = "sqlite:///"
 RETRIES = 10
 # MLflow's UI opens an experiment on its runs table ("Model training") rather than its GenAI overview
 # (traces, token usage) when the experiment carries this tag.
-EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+EXPERIMENT_TAGS = MappingProxyType({"mlflow.experimentKind": "custom_model_development"})
 # MLflow's own defaults retry an unreachable server for minutes (7 retries, backoff factor 2, 120 s
 # timeout); these bound a failed call to about 30 s. A variable the user set wins.
-HTTP_DEFAULTS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-}
+HTTP_DEFAULTS = MappingProxyType(
+    {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    }
+)
 _T = TypeVar("_T")
 
 
@@ -171,7 +176,7 @@ def open_client(uri: str, experiment: str) -> tuple[Any, str]:
         if found is not None:
             return client, _with_kind(client, found)
         try:
-            exp_id = with_retry(client.create_experiment, experiment, tags=EXPERIMENT_TAGS)
+            exp_id = with_retry(client.create_experiment, experiment, tags=dict(EXPERIMENT_TAGS))
         except Exception:
             # Another writer outside the lock (a tracking server's other clients) won the race.
             found = with_retry(client.get_experiment_by_name, experiment)
