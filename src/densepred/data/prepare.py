@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from densepred.data.labels import NYU40_CLASSES, TASKONOMY_CLASSES
 from densepred.data.nyud import NYUDv2
-from densepred.data.shards import REPORT_FILE, STATS_FILE, ShardWriter, write_index
+from densepred.data.shards import REPORT_FILE, SHARD_COMPRESSION, STATS_FILE, ShardWriter, write_index
 from densepred.data.stats import StatsAccumulator
 from densepred.data.taskonomy import EmptySplitError, Taskonomy
 from densepred.io import atomic_dir, atomic_write_json, check_free_space
@@ -82,7 +82,7 @@ def prepare_dataset(
     shard_size: int = 64,
     *,
     num_workers: int = 0,
-    compression: str | None = "lzf",
+    compression: str | None = SHARD_COMPRESSION,
     **reader_kwargs,
 ) -> dict:
     """Validate and shard the raw dataset at `src` into `out` (atomically); return a summary dict.

@@ -5,14 +5,23 @@ Layout of a prepared directory (written by `prepare.prepare_dataset`):
   sample counts, sizes in bytes and digests, plus the sample ids and groups (scene / building) in
   storage order.
 - `<split>-NNNNN.h5`: up to `shard_size` consecutive samples. One dataset per key with a leading
-  sample axis, chunked one sample per chunk and LZF-compressed, so any single sample is read
-  without decoding the rest of its shard (training reads random samples): image (n,3,H,W) uint8,
-  semseg (n,H,W) uint8 (255 = ignore), depth (n,1,H,W) float32 m, normals (n,3,H,W) uint8 with
+  sample axis, chunked one sample per chunk and compressed (deflate, `SHARD_COMPRESSION`), so any
+  single sample is read without decoding the rest of its shard (training reads random samples):
+  image (n,3,H,W) uint8, semseg (n,H,W) uint8 (255 = ignore), depth (n,1,H,W) float32 m, normals
+  (n,3,H,W) uint8 with
   (0,0,0) = invalid when that 8-bit code is exact for every sample of the shard (all 8-bit sources),
   else float32 (attribute `normals_codec`), edge (n,1,H,W) uint8. All encodings are lossless for
   what the readers produce. A shard never mixes image sizes. Every chunk carries an HDF5 Fletcher-32
   checksum, so a damaged chunk fails when it is read instead of decoding to wrong values.
 - `stats.json` (dataset statistics) and `report.json` (skipped samples), see `prepare.py`.
+
+Compression is deflate at level 1 (HDF5's gzip filter), not LZF, so that preparing the same raw
+data twice writes the same bytes (the shard digests in index.json, and DVC's hashes of the prepared
+folder, then stay put, and nothing downstream reruns for nothing): h5py's LZF filter leaves the
+compressor's hash table uninitialised, which the LZF library documents as making its output depend
+on leftover memory. Two fresh builds of the smoke data differed in one chunk of one of 14 shards
+(same decoded values, one byte shorter). Deflate also made the smoke shards 23 % smaller and reading
+them 1.2x slower (bench/NOTES.md, "Shard compression"); shards written with LZF still read.
 
 `ShardDataset` keeps at most `max_open_files` shard files open per process (least recently used are
 closed), each with a small HDF5 chunk cache; memory is therefore bounded no matter how many shards
@@ -60,6 +69,10 @@ STATS_FILE = "stats.json"
 REPORT_FILE = "report.json"
 FRACTION_UNITS = ("samples", "groups")
 _CHUNK_CACHE_BYTES = 1 << 20
+# deterministic (see the module docstring); level 1 writes fastest, and reading costs the same at
+# levels 1 and 3 (bench/NOTES.md)
+SHARD_COMPRESSION = "gzip"
+SHARD_COMPRESSION_LEVEL = 1
 DIGEST_SPAN = 1 << 20
 _VERIFIED: set[tuple[str, int, str]] = set()  # (path, size, digest) checked by this process
 _PREPARE_AGAIN = "run `densepred prepare` again"
@@ -91,7 +104,12 @@ class ShardWriter:
     """Buffers samples of one split and writes `<split>-NNNNN.h5` shards of `shard_size` samples."""
 
     def __init__(
-        self, root: Path, split: str, tasks: tuple[str, ...], shard_size: int, compression: str | None = "lzf"
+        self,
+        root: Path,
+        split: str,
+        tasks: tuple[str, ...],
+        shard_size: int,
+        compression: str | None = SHARD_COMPRESSION,
     ) -> None:
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
@@ -141,6 +159,7 @@ class ShardWriter:
                     data=stacked,
                     chunks=(1, *stacked.shape[1:]),
                     compression=self.compression,
+                    compression_opts=SHARD_COMPRESSION_LEVEL if self.compression == "gzip" else None,
                     fletcher32=True,
                 )
                 if codec:
