@@ -53,7 +53,7 @@ from densepred.params_loading import (
 )
 from densepred.reference import reference_eval_settings, reference_tasks
 from densepred.stage import PRIORITY, Stage
-from densepred.stage_run import EVALUATE, TRAIN_STAGES, StageRun, chain_runs
+from densepred.stage_run import TRAIN_STAGES, StageRun, chain_runs
 from densepred.sweeps import expand_trials
 
 # The kinds of stage whose numbers depend on the CPU kernels (`runtime.cpu_kernels`, launch.py).
@@ -280,12 +280,21 @@ def reference_stages(pf: Profile) -> list[Stage]:
     return [stage]
 
 
-def chain_stages(pf: Profile, chain: Chain, evaluation: Evaluation | None) -> list[Stage]:
+@dataclass(frozen=True)
+class Evaluation:
+    """What a chain's evaluation scores: its dataset, its metrics JSON, the tables it feeds."""
+
+    dataset: str
+    out: str
+    feeds: tuple[str, ...]
+
+
+def chain_stages(pf: Profile, params: Params, chain: Chain, evaluation: Evaluation | None) -> list[Stage]:
     """A chain's training stages (pretrain -> finetune, each from the previous one's final.pt) and,
-    when asked, the evaluation of its last checkpoint: one stage per run of
-    `stage_run.chain_runs`, which the sweep's trials (tune.py) run too."""
-    params = pf.with_sets(chain.sets)
+    when asked, the evaluation of its last checkpoint: one stage per run of `stage_run.chain_runs`,
+    which the sweep's trials (tune.py) run too. `params`: the profile with the chain's overrides."""
     out, dataset = (Path(evaluation.out), evaluation.dataset) if evaluation else (None, None)
+    feeds = evaluation.feeds if evaluation else ()
     runs = chain_runs(
         params,
         chain.job,
@@ -294,19 +303,12 @@ def chain_stages(pf: Profile, chain: Chain, evaluation: Evaluation | None) -> li
         eval_out=out,
         eval_dataset=dataset,
     )
-    stages = [training_stage(pf, params, chain, run) for run in runs if run.stage in TRAIN_STAGES]
-    if evaluation is not None and runs and runs[-1].stage == EVALUATE:
-        stages.append(evaluation_stage(pf, params, chain, runs[-1], evaluation.feeds))
-    return stages
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """What a chain's evaluation scores: its dataset, its metrics JSON, the tables it feeds."""
-
-    dataset: str
-    out: str
-    feeds: tuple[str, ...]
+    return [
+        training_stage(pf, params, chain, run)
+        if run.stage in TRAIN_STAGES
+        else evaluation_stage(pf, params, chain, run, feeds)
+        for run in runs
+    ]
 
 
 def training_stage(pf: Profile, params: Params, chain: Chain, run: StageRun) -> Stage:
@@ -403,15 +405,15 @@ def job_stages(pf: Profile) -> list[Stage]:
             dataset = cfg.evaluate.dataset
             feeds = _main_eval_feeds(dataset, job in figure7_jobs)
             main = Evaluation(dataset, paths.eval_path(p, job, dataset, seed), feeds)
-            stages += chain_stages(pf, chain, main if cfg.finetune is not None else None)
+            params = pf.with_sets(chain.sets)
+            stages += chain_stages(pf, params, chain, main if cfg.finetune is not None else None)
             if "table3" in cfg.tables and cfg.pretrain is not None and cfg.pretrain.dataset == "taskonomy":
-                stages.append(_pretraining_evaluation(pf, chain))
+                stages.append(_pretraining_evaluation(pf, params, chain))
     return stages
 
 
-def _pretraining_evaluation(pf: Profile, chain: Chain) -> Stage:
+def _pretraining_evaluation(pf: Profile, params: Params, chain: Chain) -> Stage:
     """Table 3: a chain's Taskonomy-pretrained checkpoint scored on Taskonomy's test split."""
-    params = pf.with_sets(chain.sets)
     ckpt = paths.final_checkpoint(paths.stage_dir(chain.run_dir, "pretrain"))
     out = Path(paths.eval_path(pf.params, chain.job, "taskonomy", chain.seed))
     run = StageRun.evaluate(params, chain.job, ckpt, out, "taskonomy")
@@ -440,7 +442,8 @@ def figure7_stages(pf: Profile) -> list[Stage]:
                 run_dir = paths.figure7_run_dir(p, job, fraction, seed)
                 chain = Chain(job, seed, run_dir, (*frac_sets, *seed_sets(p, job, seed)), fraction)
                 out = paths.figure7_eval_path(p, job, fraction, seed)
-                stages += chain_stages(pf, chain, Evaluation("nyud", out, ("figure7",)))
+                evaluation = Evaluation("nyud", out, ("figure7",))
+                stages += chain_stages(pf, pf.with_sets(chain.sets), chain, evaluation)
     return stages
 
 

@@ -447,7 +447,6 @@ def _trial_run(plan: _Plan, variant: str, params: Params, folder: Path) -> Itera
     with start_run(subject, "trial", journal=journal, run_id=run_id, run_name=name, nesting=nesting) as run:
         if run.run_id and run.run_id != run_id:
             atomic_write_text(id_file, run.run_id + "\n")
-        run.set_tags(nesting.run_tags())  # a reopened run (a retried trial) keeps them too
         run.log_params({f"override.{k}": value_text(v) for k, v in plan.trials[variant].overrides.items()})
         yield run
 
