@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -29,6 +30,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from densepred.launch import kernel_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -156,8 +159,11 @@ def main() -> None:
     unknown = [n for n in names if n not in params.jobs]
     if unknown:
         sys.exit(f"unknown jobs {unknown}; the profile has {list(params.jobs)}")
+    # The kernel pins of `runtime.cpu_kernels` (launch.kernel_env), as the pipeline's stages get them:
+    # set before the workers start, which are spawned so that they import torch afresh.
+    os.environ.update(kernel_env(params.runtime))
     start = time.perf_counter()
-    with ProcessPoolExecutor(args.workers) as pool:
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         ref_future = pool.submit(reference, args.params, args.set, work)
         futures = [
             pool.submit(run_chain, args.params, args.set, work, n, s) for s in args.seeds for n in names

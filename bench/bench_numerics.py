@@ -69,8 +69,25 @@ PIN_SETS: dict[str, tuple[dict[str, str], bool]] = {
     ),
     "default_compat_off": ({"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"}, False),
     "avx2_all": ({"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}, True),
-    "avx2_compat_sse41": (dict(PORTABLE_CPU_ENV), True),  # runtime.cpu_kernels: portable
+    "avx2_compat_sse41": (
+        {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "SSE41"},
+        True,
+    ),
     "avx2_compat_off": ({"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE"}, False),
+    "avx2_cbwravx2_sse41": (
+        {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "SSE41"},
+        True,
+    ),
+    "portable": (dict(PORTABLE_CPU_ENV), True),  # runtime.cpu_kernels: portable
+    "avx2_strict_avx2": (
+        {
+            "ATEN_CPU_CAPABILITY": "avx2",
+            "MKL_CBWR": "AVX2,STRICT",
+            "ONEDNN_MAX_CPU_ISA": "AVX2",
+            "OPENBLAS_CORETYPE": "Haswell",
+        },
+        True,
+    ),
 }
 # Variables the parent's environment must not leak into a child (the pin set decides them).
 PIN_VARS = (
@@ -79,6 +96,7 @@ PIN_VARS = (
     "ONEDNN_MAX_CPU_ISA",
     "DNNL_MAX_CPU_ISA",
     "MKL_ENABLE_INSTRUCTIONS",
+    "OPENBLAS_CORETYPE",
 )
 
 
@@ -143,6 +161,8 @@ def run_ops() -> dict[str, str]:
     import torch
     import torch.nn.functional as F
 
+    from densepred.ops import sqrt as portable_sqrt
+
     gen = torch.Generator().manual_seed(2)
 
     def rand(*shape: int) -> torch.Tensor:
@@ -198,7 +218,8 @@ def run_ops() -> dict[str, str]:
             opt.step()
         ops[name] = tensor_digest(p)[:16]
     v = torch.rand(4099, generator=gen) * 0.01
-    ops["sqrt_mkl_vml"] = tensor_digest([v.sqrt()])[:16]  # torch.sqrt/exp/log/tanh/erf: MKL VML
+    ops["sqrt_mkl_vml"] = tensor_digest([v.sqrt()])[:16]  # float32 torch.sqrt: MKL VML, CPU-dependent
+    ops["sqrt_portable"] = tensor_digest([portable_sqrt(v)])[:16]  # densepred.ops.sqrt: via float64
     ops["exp_log"] = tensor_digest([v.exp(), (v + 1e-3).log()])[:16]
     return ops
 

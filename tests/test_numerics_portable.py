@@ -1,5 +1,6 @@
 """Bitwise-portable CPU training: with the kernels pinned, this CPU and an emulated CPU of the other
-vendor (qemu-x86_64) train the small workload of bench/bench_numerics.py to the same weights.
+vendor (qemu-x86_64) train the small workload of bench/bench_numerics.py, and a real smoke model, to
+the same weights.
 
 Without pins the two runs differ (bench/NOTES.md, "Bitwise portability across CPU models"); that
 control is left to the benchmark to keep this test near 40 s (importing torch under qemu takes about
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PINS = "avx2_compat_sse41"  # launch.PORTABLE_CPU_ENV, what `runtime.cpu_kernels: portable` sets
+PINS = "portable"  # launch.PORTABLE_CPU_ENV, what `runtime.cpu_kernels: portable` sets
 
 pytestmark = [
     pytest.mark.slow,
@@ -48,3 +49,15 @@ def test_pinned_training_is_bitwise_equal_on_an_emulated_cpu_of_the_other_vendor
         assert "error" not in row, row
     assert pinned[0]["digest"] == pinned[1]["digest"], (pinned[0]["loss"], pinned[1]["loss"])
     assert pinned[0]["loss"] == pinned[1]["loss"]
+
+
+def test_pinned_smoke_model_is_bitwise_equal_on_an_emulated_cpu_of_the_other_vendor():
+    """Two training steps of the smoke MQTransformer as `densepred train` builds it: four task heads
+    and their losses, sine position codes, normalised normals (densepred.ops.sqrt), the fused AdamW.
+    About 45 s under qemu."""
+    bench = bench_numerics()
+    config = {"workload": "smoke:mqtransformer", "ops": False, "steps": 2, "batch": 2, "size": [64, 64]}
+    rows = [bench.run_one(runner, PINS, config, timeout_s=300) for runner in ("native", emulated_cpu())]
+    for row in rows:
+        assert "error" not in row, row
+    assert rows[0]["digest"] == rows[1]["digest"], (rows[0]["loss"], rows[1]["loss"])

@@ -11,6 +11,7 @@ import yaml
 
 from conftest import PAPER, ROOT, SMOKE
 from densepred.dvc_stages import dvc_names, dvc_yaml
+from densepred.launch import with_kernel_env
 from densepred.params_loading import load_params
 from densepred.pipeline import build_stages
 from densepred.snakemake_hooks import config_overrides
@@ -234,4 +235,6 @@ def test_one_rule_loop_starts_each_kind_as_before():
     assert stages["prepare"].shell == stages["tables"].shell == "{params.command} > {log} 2>&1"
     assert stages["tables"].local and not stages["train"].local
     out = _dry_run("--forceall", "-p", "results/table2.csv")
-    assert "OMP_NUM_THREADS=1 densepred train --params params/smoke.yaml" in out
+    pinned = " ".join(with_kernel_env(load_params(SMOKE).runtime, ["densepred", "train"]))
+    assert pinned.startswith("env ATEN_CPU_CAPABILITY=avx2 ")  # the smoke profile's portable kernels
+    assert f"OMP_NUM_THREADS=1 {pinned} --params params/smoke.yaml" in out

@@ -8,7 +8,7 @@
     densepred tune     --params P --sweep NAME --out DIR
     densepred tables   --params P --out DIR [--only TABLE] [--html]
     densepred check    --params P              every output agrees with its stage's current settings
-    densepred check-table BUILT COMMITTED      a rebuilt table reproduces a committed one (tolerances)
+    densepred check-table BUILT COMMITTED      a rebuilt table reproduces a committed one (--exact)
     densepred compare  --params P --a JOB --b JOB --metric COLUMN [--dataset D] [--alpha A]
     densepred schema   [--out FILE]
     densepred sync-tracking [PATH ...]      upload MLflow records kept while the server was down
@@ -122,7 +122,7 @@ def cmd_reference(args: argparse.Namespace) -> None:
 def cmd_check_table(args: argparse.Namespace) -> None:
     from densepred.table_check import check_report
 
-    reproduced, report = check_report(Path(args.built), Path(args.committed))
+    reproduced, report = check_report(Path(args.built), Path(args.committed), args.exact)
     print(report)
     if not reproduced:
         sys.exit(1)
@@ -342,6 +342,11 @@ def _add_result_commands(sub: Subcommands) -> None:
     )
     p.add_argument("built", help="the table just built, e.g. results/table2.csv after `make table2`")
     p.add_argument("committed", help="the reference, e.g. `git show HEAD:results/table2.csv > /tmp/t2.csv`")
+    p.add_argument(
+        "--exact",
+        action="store_true",
+        help="every cell equal as text (portable CPU kernels, the smoke default), not within tolerances",
+    )
 
     p = _add_command(sub, "tune", cmd_tune, "Run a Ray Tune ablation sweep declared under `sweeps:`.")
     p.add_argument("--sweep", required=True)

@@ -238,9 +238,9 @@ class RuntimeCfg(Strict):
     deterministic: bool = True
     cpu_kernels: Literal["native", "portable"] = Field(
         "native",
-        description="native: torch's fastest CPU kernels for this machine (bitwise reproducible on it); "
-        "portable: kernels pinned to one instruction set (launch.PORTABLE_CPU_ENV), bitwise equal across "
-        "the x86-64 CPU models tested, at 1.3-1.6x the CPU time per step",
+        description="native: each library's fastest CPU kernels for this machine (bitwise reproducible "
+        "on it); portable: kernels pinned to one code path (launch.PORTABLE_CPU_ENV; needs AVX2), bitwise "
+        "equal across the x86-64 CPU models tested, at more CPU time per step (README, Reproducibility)",
     )
     threads: int = Field(1, ge=1, description="CPU threads per training/evaluation job")
     gpus_per_job: int = Field(

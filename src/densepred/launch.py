@@ -40,9 +40,17 @@ from densepred.config import RuntimeCfg
 # `runtime.cpu_kernels: portable`: every CPU kernel family pinned to one code path, so that CPUs of
 # either vendor, with or without AVX-512, compute the same bits (bench/bench_numerics.py measured it
 # on this machine and on emulated Intel Haswell and AMD EPYC-Rome; README, "Reproducibility"):
-# ATen's vectorised loops at AVX2, MKL's GEMM in its vendor-neutral COMPATIBLE mode, oneDNN's
-# convolutions at SSE4.1. Environment variables, because each library reads its own at start-up.
-PORTABLE_CPU_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "SSE41"}
+# ATen's vectorised loops at AVX2; MKL in its vendor-neutral COMPATIBLE mode (its AVX2 modes keep the
+# matrix products equal but not the vector math behind exp, log and erf); oneDNN's convolutions at
+# AVX2; numpy's OpenBLAS at its Haswell (AVX2) kernels (the synthetic data's camera frames).
+# Environment variables, because each library reads its own at start-up. They assume AVX2
+# (x86-64-v3), which x86-64 server CPUs have had since 2013 (Intel) and 2017 (AMD).
+PORTABLE_CPU_ENV = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "MKL_CBWR": "COMPATIBLE",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "OPENBLAS_CORETYPE": "Haswell",
+}
 RDZV_PORT_BASE = 29400  # the rendezvous port: base + (job id mod 1000), so jobs sharing a node differ
 
 
@@ -60,12 +68,20 @@ def train_argv(runtime: RuntimeCfg, argv: Sequence[str]) -> tuple[str, ...]:
     return (*srun, *node, "--", *argv[1:])
 
 
+def kernel_env(runtime: RuntimeCfg) -> dict[str, str]:
+    """The environment variables `runtime.cpu_kernels` asks for: the portable pins, or none. Each
+    library reads its variable once, at start-up, so they must be set before a process imports torch
+    (a stage's command, a sweep's Ray workers, a benchmark's worker processes)."""
+    return dict(PORTABLE_CPU_ENV) if runtime.cpu_kernels == "portable" else {}
+
+
 def with_kernel_env(runtime: RuntimeCfg, argv: Sequence[str]) -> tuple[str, ...]:
     """`argv` started under `env` with the portable kernel pins when `runtime.cpu_kernels` asks for
     them (training, evaluation and sweep stages); unchanged otherwise."""
-    if runtime.cpu_kernels != "portable":
+    pins = kernel_env(runtime)
+    if not pins:
         return tuple(argv)
-    return ("env", *(f"{k}={v}" for k, v in sorted(PORTABLE_CPU_ENV.items())), *argv)
+    return ("env", *(f"{k}={v}" for k, v in sorted(pins.items())), *argv)
 
 
 def train_resources(runtime: RuntimeCfg) -> tuple[int, dict[str, Any]]:

@@ -56,8 +56,9 @@ from densepred.stage import PRIORITY, Stage
 from densepred.stage_run import TRAIN_STAGES, StageRun, chain_runs
 from densepred.sweeps import expand_trials
 
-# The kinds of stage whose numbers depend on the CPU kernels (`runtime.cpu_kernels`, launch.py).
-_KERNEL_KINDS = ("train", "evaluate", "tune", "reference")
+# The kinds of stage whose numbers depend on the CPU kernels (`runtime.cpu_kernels`, launch.py): the
+# data stages through numpy's OpenBLAS (the synthetic cameras), the others through torch.
+_KERNEL_KINDS = ("synth", "prepare", "train", "evaluate", "tune", "reference")
 # The variable a kind's rule sets to its threads: torch's CPU threads, or the CPUs of a sweep's Ray.
 _THREAD_ENV = {
     "train": "OMP_NUM_THREADS",

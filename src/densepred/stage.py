@@ -58,6 +58,7 @@ _SOURCES = {
         "src/densepred/reference.py",
         "src/densepred/engine/reference.py",
         "src/densepred/engine/evaluate.py",
+        "src/densepred/ops.py",
         "src/densepred/metrics",
         "src/densepred/data",
     ],

@@ -12,6 +12,9 @@ compared with the committed one within tolerances on its primary metrics:
 Every other column must be equal as text: the rows (model, job, tasks, seeds), the cost columns and,
 for metric columns outside the list, nothing (they follow the primary ones and are not checked).
 `densepred check-table BUILT COMMITTED` prints the cells that differ beyond tolerance and exits 1.
+
+With `exact` (`--exact`) every cell must be equal as text: what a profile with portable CPU kernels
+(`runtime.cpu_kernels: portable`, the smoke default) promises on any x86-64 machine with AVX2.
 """
 
 from __future__ import annotations
@@ -80,10 +83,10 @@ def _number(text: str) -> float:
     return float(text) if text != "" else math.nan
 
 
-def table_differences(built: Path, committed: Path) -> tuple[list[CellDiff], int]:
-    """The cells of table `built` that differ from `committed` beyond tolerance, and the number of
-    cells that differ at all (0: bitwise equal as text). Rows are matched by their key columns;
-    a row or column present in one table only is a difference."""
+def table_differences(built: Path, committed: Path, exact: bool = False) -> tuple[list[CellDiff], int]:
+    """The cells of table `built` that differ from `committed` beyond tolerance (with `exact`: at
+    all), and the number of cells that differ at all (0: bitwise equal as text). Rows are matched by
+    their key columns; a row or column present in one table only is a difference."""
     new, old = _read(built), _read(committed)
     diffs: list[CellDiff] = []
     if list(new.columns) != list(old.columns):
@@ -104,7 +107,9 @@ def table_differences(built: Path, committed: Path) -> tuple[list[CellDiff], int
             if a[column] == b[column]:
                 continue
             changed += 1
-            if column in TOLERANCES:
+            if exact:
+                diffs.append(CellDiff(key, column, a[column], b[column], "equal (exact)"))
+            elif column in TOLERANCES:
                 tol = TOLERANCES[column]
                 if not tol.allows(_number(a[column]), _number(b[column])):
                     diffs.append(CellDiff(key, column, a[column], b[column], str(tol)))
@@ -113,13 +118,14 @@ def table_differences(built: Path, committed: Path) -> tuple[list[CellDiff], int
     return diffs, changed
 
 
-def check_report(built: Path, committed: Path) -> tuple[bool, str]:
+def check_report(built: Path, committed: Path, exact: bool = False) -> tuple[bool, str]:
     """(reproduced?, a report in words) for `densepred check-table` and the end-to-end test."""
-    diffs, changed = table_differences(built, committed)
+    diffs, changed = table_differences(built, committed, exact)
     if not diffs:
         verdict = "bitwise equal" if changed == 0 else f"{changed} cells moved, all within tolerance"
         return True, f"{built} reproduces {committed}: {verdict}"
-    lines = [f"{built} does not reproduce {committed}: {len(diffs)} cells beyond tolerance ({changed} moved)"]
+    beyond = "differ" if exact else "beyond tolerance"
+    lines = [f"{built} does not reproduce {committed}: {len(diffs)} cells {beyond} ({changed} moved)"]
     lines += [f"  {d}" for d in diffs]
     return False, "\n".join(lines)
 

@@ -43,8 +43,8 @@ and the storage path must be on shared storage); otherwise a local Ray instance 
 `num_cpus` CPUs and shut down at the end. Trials never depend on the working directory: every path
 in the trial params is made absolute, and `RAY_CHDIR_TO_TRIAL_DIR=0`, `DENSEPRED_ROOT`, the
 absolute `MLFLOW_TRACKING_URI`, the bounds on calls to a tracking server (`tracking.HTTP_DEFAULTS`,
-unless the driver's environment sets them) and `PASSED_ENV` are passed to the workers with
-`runtime_env`.
+unless the driver's environment sets them), `PASSED_ENV` and the kernel pins of
+`runtime.cpu_kernels: portable` (`launch.kernel_env`) are passed to the workers with `runtime_env`.
 
 MLflow (through `densepred.tracking`): a sweep-level parent run (kind `sweep`, top level), one run
 per trial (kind `trial`, tagged `sweep`, `table`, `variant` and `mlflow.parentRunId`), reopened on
@@ -72,6 +72,7 @@ from pydantic import BaseModel
 from densepred import paths
 from densepred.config import Params, ParamsError, SweepCfg
 from densepred.io import atomic_write_text
+from densepred.launch import kernel_env
 from densepred.paths import SWEEP_RAY, SWEEP_STATE, SWEEP_SUMMARY, SWEEP_TRIALS, project_root
 from densepred.ray_cluster import ENV_CPUS, ray_cpus, ray_session
 from densepred.stage_run import chain_runs
@@ -311,6 +312,7 @@ def _worker_env(params: Params) -> dict[str, str]:
         env["MLFLOW_TRACKING_URI"] = tracking_uri(params.tracking)
     env.update(missing_http_defaults(os.environ))  # the trials' bounds on tracking-server calls
     env.update({k: os.environ[k] for k in PASSED_ENV if k in os.environ})
+    env.update(kernel_env(params.runtime))  # a worker of a running cluster has not inherited them
     return env
 
 

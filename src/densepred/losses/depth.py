@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from densepred.ops import sqrt
+
 # Floor for depths entering a logarithm or a division, so an untrained model's tiny outputs cannot
 # produce inf/NaN. Ground-truth depths are >= 1 mm in practice, so the floor never binds on them.
 _MIN_DEPTH = 1e-3
@@ -83,7 +85,7 @@ def silog(
     mean = e.sum(dim=1) / n_safe
     per_image = mean_sq - variance_focus * mean * mean
     if take_sqrt:
-        per_image = torch.sqrt(per_image.clamp_min(0.0) + 1e-12)
+        per_image = sqrt(per_image.clamp_min(0.0) + 1e-12)
     return per_image[has].mean()
 
 
@@ -100,7 +102,7 @@ def relative_squared(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tens
     has = n > 0
     if not bool(has.any()):
         return _zero(pred)
-    per_image = torch.sqrt((rel * rel).flatten(1).sum(dim=1) / n.clamp_min(1.0) + 1e-12)
+    per_image = sqrt((rel * rel).flatten(1).sum(dim=1) / n.clamp_min(1.0) + 1e-12)
     return per_image[has].mean()
 
 
@@ -157,7 +159,7 @@ def charbonnier(
     if int(n) == 0:
         return _zero(pred)
     diff = torch.where(valid, pred.float() - target.float(), 0.0)
-    per_pixel = torch.sqrt(diff * diff + eps * eps)
+    per_pixel = sqrt(diff * diff + eps * eps)
     return torch.where(valid, per_pixel, 0.0).sum() / n
 
 

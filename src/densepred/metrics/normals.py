@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from densepred.metrics.base import Meter, compute_device, count_true
+from densepred.ops import sqrt
 
 THRESHOLDS_DEG = (11.25, 22.5, 30.0)
 THRESHOLD_KEYS = ("a11_25", "a22_5", "a30")
@@ -41,7 +42,7 @@ def _length(vectors: Tensor, dim: int, overwrite: bool = False) -> Tensor:
     (much faster than `Tensor.norm(dim=1)` on NCHW tensors). With `overwrite` the squares replace
     `vectors`, saving a temporary of their size."""
     squares = vectors.mul_(vectors) if overwrite else vectors * vectors
-    return squares.sum(dim, keepdim=True).sqrt_()
+    return sqrt(squares.sum(dim, keepdim=True))
 
 
 def angular_error_deg(pred: Tensor, target: Tensor, dim: int = 1) -> Tensor:
