@@ -44,7 +44,7 @@ def test_pinned_training_is_bitwise_equal_on_an_emulated_cpu_of_the_other_vendor
     bench = bench_numerics()
     config = {"workload": "small", "ops": False}
     cpu = emulated_cpu()
-    pinned = [bench.run_one(runner, PINS, config, timeout_s=240) for runner in ("native", cpu)]
+    pinned = [bench.run_one(runner, PINS, config, timeout_s=600) for runner in ("native", cpu)]
     for row in pinned:
         assert "error" not in row, row
     assert pinned[0]["digest"] == pinned[1]["digest"], (pinned[0]["loss"], pinned[1]["loss"])
@@ -57,7 +57,7 @@ def test_pinned_smoke_model_is_bitwise_equal_on_an_emulated_cpu_of_the_other_ven
     About 45 s under qemu."""
     bench = bench_numerics()
     config = {"workload": "smoke:mqtransformer", "ops": False, "steps": 2, "batch": 2, "size": [64, 64]}
-    rows = [bench.run_one(runner, PINS, config, timeout_s=300) for runner in ("native", emulated_cpu())]
+    rows = [bench.run_one(runner, PINS, config, timeout_s=600) for runner in ("native", emulated_cpu())]
     for row in rows:
         assert "error" not in row, row
     assert rows[0]["digest"] == rows[1]["digest"], (rows[0]["loss"], rows[1]["loss"])
