@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from densepred.dvc_stages import dvc_names
+from densepred.launch import kernel_env, with_kernel_env
 from densepred.params_loading import load_params
 from densepred.pipeline import build_stages
 from engine_fixtures import load_weights, read_log
@@ -64,7 +65,10 @@ def _relative(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 def test_snakemake_runs_the_stage_as_two_processes(project):
     params = load_params(project / "params" / "smoke.yaml")
     train = next(s for s in build_stages(params, "params/smoke.yaml") if s.outs == (FINAL,))
-    assert train.argv[:5] == ("torchrun", "--standalone", "--nproc-per-node", "2", "-m")
+    pins = with_kernel_env(params.runtime, [])  # the profile's kernel pins (`env ...`), then the launch
+    launch = train.argv[len(pins) :]
+    assert train.argv[: len(pins)] == pins
+    assert launch[:5] == ("torchrun", "--standalone", "--nproc-per-node", "2", "-m")
     assert train.threads == 2 * params.runtime.threads
     assert train.resources["mem_mb"] == 2 * params.runtime.mem_mb
     log = (project / train.log).read_text()
@@ -76,7 +80,8 @@ def test_snakemake_runs_the_stage_as_two_processes(project):
     # the same stage as one process, by hand, at the same global batch
     single = project / "runs" / "single"
     cmd = ["densepred", "train", "--params", "params/smoke.yaml", "--job", JOB, "--stage", "finetune"]
-    run(project, *cmd, "--out", str(single), "--set", "runtime.procs_per_job=1")
+    pinned = kernel_env(params.runtime)
+    run(project, *cmd, "--out", str(single), "--set", "runtime.procs_per_job=1", env=pinned)
     two, one = read_log(project / STAGE_DIR / "train_log.csv"), read_log(single / "train_log.csv")
     for a, b in zip(two, one, strict=True):
         for key in ("total", "depth/l1"):

@@ -22,6 +22,7 @@ import yaml
 
 import slurm_cluster
 from conftest import PAPER, ROOT, SMOKE
+from densepred.launch import kernel_env
 from densepred.params_loading import load_params
 from densepred.pipeline import build_stages
 from engine_fixtures import assert_bitwise_equal, load_weights
@@ -220,6 +221,7 @@ def test_two_process_stage_is_one_sbatch_job(cluster, tmp_path_factory):
     local = root / "runs" / "local"
     train = ["train", "--params", "params/smoke.yaml", "--job", "stl_depth", "--stage", "finetune"]
     sets = ["--set", "runtime.procs_per_job=2"]
+    pins = kernel_env(load_params(root / "params" / "smoke.yaml").runtime)  # as the pipeline's stage
     run(
         root,
         "torchrun",
@@ -232,6 +234,7 @@ def test_two_process_stage_is_one_sbatch_job(cluster, tmp_path_factory):
         "--out",
         str(local),
         *sets,
+        env=pins,
     )
     assert_bitwise_equal(slurm, load_weights(local / "final.pt"))
 
@@ -259,7 +262,7 @@ def test_two_process_stage_is_one_sbatch_job(cluster, tmp_path_factory):
         f"--output={out}",
         "--wrap",
         wrap,
-        env=env,
+        env={**env, **pins},  # sbatch passes its environment to the job
         timeout=600,
         check=False,
     )
