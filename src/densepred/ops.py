@@ -28,7 +28,8 @@ def sqrt(x: torch.Tensor) -> torch.Tensor:
     (`runtime.cpu_kernels: portable`; bench/NOTES.md, "Bitwise portability across CPU models").
     The float64 square root is exact on every CPU tested, and rounding it to float32 gives the
     correctly rounded float32 root (a double carries more than 2 * 24 + 2 bits, so rounding twice
-    is harmless). Other dtypes and devices use `torch.sqrt` as it is; so does autograd's backward.
+    is harmless). The backward runs through the same float64 path (a division, exact on every CPU).
+    Other dtypes and devices use `torch.sqrt` as it is.
     """
     if x.device.type != "cpu" or x.dtype != torch.float32:
         return torch.sqrt(x)
