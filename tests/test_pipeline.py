@@ -96,12 +96,14 @@ def test_set_on_one_job_changes_that_job_only():
 def test_preset_override_changes_every_job_that_uses_it():
     params = load_params(SMOKE, ["presets.mtl_finetune.iterations=7"])
     uses = {n for n, j in params.jobs.items() if j.finetune is not None and j.finetune.iterations == 7}
-    assert uses == {"mqtransformer", "stl_semseg", "stl_depth", "stl_normals", "stl_edge"}
-    # a job's own key wins over its preset's (params/smoke.yaml: mtl_baseline trains 300 steps)
+    assert uses == {"mqtransformer", "stl_semseg"}
+    # a job's own key wins over its preset's (params/smoke.yaml: polymax_depth finetunes 300 steps)
+    params = load_params(SMOKE, ["presets.polymax_finetune.iterations=7"])
     assert (
-        params.jobs["mtl_baseline"].finetune.iterations
-        == load_params(SMOKE).jobs["mtl_baseline"].finetune.iterations
+        params.jobs["polymax_depth"].finetune.iterations
+        == load_params(SMOKE).jobs["polymax_depth"].finetune.iterations
     )
+    assert params.jobs["polymax_normals"].finetune.iterations == 7
 
 
 def test_settings_do_not_depend_on_the_params_path():
